@@ -1,0 +1,13 @@
+r"""Online hard clustering on MNIST (28x28 grey images scaled to [0, 1]).
+
+  python -m ohc_jax.main --workdir=runs/mnist --config=configs/mnist.py \
+      --config.data_dir=PATH_TO_TFDS_DATA
+"""
+
+from ohc_jax.configuration import base_config
+
+
+def get_config():
+  c = base_config()
+  c.dataset = 'mnist'
+  return c

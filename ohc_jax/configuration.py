@@ -1,0 +1,89 @@
+"""The base configuration every config file starts from, and its validation."""
+
+import importlib.util
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+from ohc_jax.errors import UsageError
+
+DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'stl10')
+ENCODERS = ('simp', 'mlp')
+PROTOCOLS = ('paper', 'holdout')
+ASSIGN_IMPLS = ('parallel', 'sequential')
+ASSIGNMENT_SCOPES = ('global', 'device')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The PyTorch reference's defaults (batch 256, Adam 1e-3, nz 128, sigma 100, 10 epochs)."""
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = 'cifar10'
+  c.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR, else tfds's default.
+  c.download = False
+  c.protocol = 'paper'  # 'paper': train and evaluate on train+test; 'holdout': train/test.
+  # Model.
+  c.encoder = 'simp'
+  c.hidden_dim = 256  # 'mlp' encoder only.
+  c.latent_dim = 128
+  # Clustering.
+  c.num_clusters = 10
+  c.sigma = 100.0
+  c.method = 'combination'
+  c.assign_impl = 'parallel'
+  c.keep_counts = False  # Carry cluster counts through the epoch (reference: --keep_scores).
+  # Optimisation.
+  c.batch_size = 256  # Global batch, over all devices and processes.
+  c.eval_batch_size = 1024
+  c.learning_rate = 1e-3
+  c.num_epochs = 10
+  c.seed = 0
+  # Devices.
+  c.num_devices = 0  # 0: every device.
+  c.assignment_scope = 'global'  # 'device': assign each device's shard on its own.
+  c.distributed = False  # jax.distributed.initialize() for multi-process runs.
+  # Logging.
+  c.log_every_steps = 50
+  c.progress_bar = True
+  return c
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise UsageError(message)
+
+
+def _choice(config, field: str, choices) -> None:
+  value = config[field]
+  _check(value in choices,
+         f'unknown {field} {value!r}: use --config.{field}= one of {", ".join(map(str, choices))}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UsageError naming the first bad field and the fix."""
+  _choice(config, 'dataset', DATASETS)
+  _choice(config, 'encoder', ENCODERS)
+  _choice(config, 'protocol', PROTOCOLS)
+  _choice(config, 'assign_impl', ASSIGN_IMPLS)
+  _choice(config, 'assignment_scope', ASSIGNMENT_SCOPES)
+  for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
+                     ('latent_dim', 1), ('num_epochs', 1), ('log_every_steps', 1)):
+    _check(int(config[field]) >= low,
+           f'{field} must be >= {low}, got {config[field]}: set --config.{field}=')
+  for field in ('sigma', 'learning_rate'):
+    _check(float(config[field]) > 0,
+           f'{field} must be > 0, got {config[field]}: set --config.{field}= to a positive number')
+  _check(int(config.num_devices) >= 0,
+         f'num_devices must be >= 0 (0 means all), got {config.num_devices}')
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def from_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, e.g. from_file(os.path.join(CONFIG_DIR, 'cifar10.py'))."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

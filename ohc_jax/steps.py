@@ -1,0 +1,77 @@
+"""The jitted train and evaluation steps: pure functions of (state, batch)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from ohc_jax import parallel
+from ohc_jax.clusters import cluster_costs
+from ohc_jax.models import preprocess
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def _per_device(method, mesh):
+  """Runs the method's assignment on each device's shard of the batch on its own."""
+  def local(costs, counts):
+    labels, new_counts, loss = method(costs, counts)
+    return labels, counts + jax.lax.psum(new_counts - counts, 'data'), jax.lax.pmean(loss, 'data')
+  return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P()), out_specs=(P('data'), P(), P()))
+
+
+def make_train_step(config, model, tx, method, mesh, scale: float, offset: float):
+  """`(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated.
+
+  A step whose loss, costs or gradients are not finite changes nothing but `state.bad_step`, and
+  every later step is then skipped: the caller reads `bad_step` and stops with the step's number.
+  """
+  if config.assignment_scope == 'device':
+    method = _per_device(method, mesh)
+
+  def step(state, batch):
+    x = preprocess(batch['image'], scale, offset)
+    counts_in = state.counts if config.keep_counts else jnp.zeros_like(state.counts)
+
+    def loss_fn(params):
+      z, new_vars = model.apply({'params': params['encoder'], 'batch_stats': state.batch_stats},
+                                x, train=True, mutable=['batch_stats'])
+      costs = cluster_costs(z, params['centroids'], config.sigma, state.log_prior)
+      labels, counts, loss = method(costs, counts_in)
+      return loss, (labels, counts, new_vars['batch_stats'], costs)
+
+    (loss, (labels, counts, batch_stats, costs)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state, counts=counts)
+    finite = jnp.isfinite(loss) & _all_finite(costs) & _all_finite(grads)
+    good = finite & (state.bad_step < 0)
+    new = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, state)
+    bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+    metrics = {'loss': loss,
+               'batch_sizes': jnp.bincount(labels, length=config.num_clusters)}
+    return new.replace(bad_step=bad), metrics
+
+  rep = parallel.replicated(mesh)
+  return jax.jit(step, in_shardings=(rep, parallel.batch_sharded(mesh)),
+                 out_shardings=(rep, rep), donate_argnums=0)
+
+
+def make_eval_step(config, model, mesh, scale: float, offset: float):
+  """`(state, batch) -> {'cluster', 'cost', 'soft', 'z'}`: point-wise argmin, the paper's inference."""
+  def step(state, batch):
+    x = preprocess(batch['image'], scale, offset)
+    z = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
+                    x, train=False)
+    costs = cluster_costs(z, state.params['centroids'], config.sigma, state.log_prior)
+    cluster = jnp.argmin(costs, axis=1)
+    return {'cluster': cluster, 'cost': jnp.min(costs, axis=1),
+            'soft': jax.nn.softmax(-costs, axis=1), 'z': z}
+
+  data = parallel.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+
