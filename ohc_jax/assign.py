@@ -13,8 +13,9 @@ only rise, so (j_r, k') is never worth less than its round-start key; cluster k 
 ahead of every (j_r, k') — j_r can only go to k. Conversely a step of the sequential process that is no
 commit is unaffected by applying all commits first (it only ever involves clusters with no commits
 pending, and commits only remove competitors and raise penalties). The global-minimum pair always
-qualifies, so every round commits at least one pair; ties are exact because the comparison is
-lexicographic in the cluster index and each cluster's order is a stable sort by point index.
+qualifies (and is committed in any case), so every round commits at least one pair; ties are exact
+because the comparison is lexicographic in the cluster index, each cluster's order is a stable sort by
+point index, and a prefix stops where float rounding could reorder two points (see `_round`).
 """
 
 import jax
@@ -65,8 +66,10 @@ def _round(costs, labels, counts):
   """One parallel round: every cluster commits its provably-sequential prefix."""
   batch, num_clusters = costs.shape
   clusters = jnp.arange(num_clusters, dtype=jnp.int32)
+  ranks = jnp.arange(batch, dtype=jnp.int32)[:, None]
   free = labels < 0
-  values = jnp.where(free[:, None], costs + _penalty(counts, costs.dtype)[None], jnp.inf)
+  masked = jnp.where(free[:, None], costs, jnp.inf)
+  values = masked + _penalty(counts, costs.dtype)[None]
   # Each point's best and second-best (value, cluster), lexicographically.
   best_k = jnp.argmin(values, axis=1).astype(jnp.int32)
   best_v = jnp.take_along_axis(values, best_k[:, None], 1)[:, 0]
@@ -74,18 +77,33 @@ def _round(costs, labels, counts):
   second_k = jnp.argmin(rest, axis=1).astype(jnp.int32)
   second_v = jnp.take_along_axis(rest, second_k[:, None], 1)[:, 0]
   # Each cluster's free points in (cost, index) order, assigned points last.
-  order = jnp.argsort(jnp.where(free[:, None], costs, jnp.inf), axis=0, stable=True)
-  ranks = jnp.arange(batch, dtype=jnp.int32)[:, None]
-  candidate = (jnp.take_along_axis(costs, order, 0)
-               + _penalty(counts[None, :] + ranks, costs.dtype))
+  order = jnp.argsort(masked, axis=0, stable=True)
+  sorted_costs = jnp.take_along_axis(masked, order, 0)
+  penalty = _penalty(counts[None, :] + ranks, costs.dtype)
+  candidate = sorted_costs + penalty
   own_best = best_k[order] == clusters[None, :]
   rival_v = jnp.where(own_best, second_v[order], best_v[order])
   rival_k = jnp.where(own_best, second_k[order], best_k[order])
   wins = (candidate < rival_v) | ((candidate == rival_v) & (clusters[None, :] < rival_k))
-  commit = jnp.cumprod(wins & free[order], axis=0).astype(bool)
+  # Rounding can make cost + penalty equal for unequal costs, and the definition then prefers the
+  # smaller point index: j_r is only certain to be next when the first larger cost after it stays
+  # strictly above it once the penalty is added.
+  starts = jnp.concatenate([jnp.ones((1, num_clusters), bool),
+                            sorted_costs[1:] != sorted_costs[:-1]])
+  next_start = jax.lax.cummin(jnp.where(starts, ranks, batch), axis=0, reverse=True)
+  next_start = jnp.concatenate([next_start[1:], jnp.full((1, num_clusters), batch)])
+  next_cost = jnp.take_along_axis(sorted_costs, jnp.minimum(next_start, batch - 1), 0)
+  separated = (next_start >= batch) | (next_cost + penalty > candidate)
+  commit = jnp.cumprod(wins & separated & free[order], axis=0).astype(bool)
   claims = jnp.where(commit, clusters[None, :], -1)
   labels = labels.at[order.ravel()].max(claims.ravel())
-  return labels, counts + commit.sum(0, dtype=jnp.int32)
+  counts = counts + commit.sum(0, dtype=jnp.int32)
+  # The globally cheapest pair is always the definition's next step: commit it in any case.
+  flat = jnp.argmin(values.ravel())
+  i, k = flat // num_clusters, (flat % num_clusters).astype(jnp.int32)
+  fresh = labels[i] < 0
+  return (labels.at[i].set(jnp.where(fresh, k, labels[i])),
+          counts.at[k].add(fresh.astype(jnp.int32)))
 
 
 def _parallel(costs, counts):

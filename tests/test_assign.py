@@ -1,0 +1,140 @@
+"""combination_assign: parallel == sequential == a NumPy transcription of the definition."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ohc_jax import assign
+
+
+def definition(costs, counts=None):
+  """The definition, literally: take the cheapest unassigned pair, assign it, increment n_k."""
+  batch, num_clusters = costs.shape
+  n = np.zeros(num_clusters, np.int64) if counts is None else np.array(counts, np.int64)
+  labels = np.full(batch, -1, np.int64)
+  # The penalties log(n + 1) as XLA rounds them, so that near-ties compare the same floats.
+  penalty = np.asarray(jnp.log1p(jnp.arange(n.max() + batch + 1).astype(costs.dtype)))
+  for _ in range(batch):
+    values = costs + penalty[n][None, :]
+    values[labels >= 0] = np.inf
+    i, k = divmod(int(np.argmin(values)), num_clusters)  # Row-major: smallest i, then k.
+    labels[i] = k
+    n[k] += 1
+  return labels, n
+
+
+_parallel = jax.jit(lambda c, n: assign.combination_assign_with_rounds(c, n, impl='parallel'))
+_sequential = jax.jit(lambda c, n: assign.combination_assign_with_rounds(c, n, impl='sequential'))
+
+
+def assert_all_agree(costs, counts=None):
+  expected_labels, expected_counts = definition(costs, counts)
+  n = jnp.zeros(costs.shape[1], jnp.int32) if counts is None else jnp.asarray(counts, jnp.int32)
+  for fn in (_parallel, _sequential):
+    labels, out_counts, _ = fn(jnp.asarray(costs), n)
+    np.testing.assert_array_equal(np.asarray(labels), expected_labels)
+    np.testing.assert_array_equal(np.asarray(out_counts), expected_counts)
+
+
+def table(kind, rng, batch, num_clusters, dtype=np.float32):
+  shape = (batch, num_clusters)
+  if kind == 'normal':
+    return rng.normal(size=shape).astype(dtype)
+  if kind == 'integer':
+    return rng.integers(0, 4, shape).astype(dtype)
+  if kind == 'equal':
+    return np.full(shape, 1.5, dtype)
+  if kind == 'huge':
+    return (rng.normal(size=shape) * 1e6).astype(dtype)
+  if kind == 'tiny':
+    return (rng.normal(size=shape) * 1e-6).astype(dtype)
+  if kind == 'blobs':
+    z = rng.normal(size=(batch, 8)) + 3 * rng.normal(size=(num_clusters, 8))[
+        rng.integers(0, num_clusters, batch)]
+    mu = rng.normal(size=(num_clusters, 8))
+    return (((z[:, None] - mu[None]) ** 2).sum(-1) / 10).astype(dtype)
+  raise ValueError(kind)
+
+
+@pytest.mark.parametrize('kind', ['normal', 'integer', 'equal', 'huge', 'tiny', 'blobs'])
+@pytest.mark.parametrize('batch,num_clusters', [(1, 2), (7, 3), (256, 10), (512, 100)])
+def test_matches_definition(kind, batch, num_clusters):
+  assert_all_agree(table(kind, np.random.default_rng(batch + num_clusters), batch, num_clusters))
+
+
+@pytest.mark.parametrize('kind', ['normal', 'integer'])
+def test_starting_counts_and_prior(kind):
+  rng = np.random.default_rng(1)
+  costs = table(kind, rng, 200, 12)
+  assert_all_agree(costs, rng.integers(0, 50, 12))
+  prior = rng.dirichlet(np.ones(12))
+  assert_all_agree((costs - np.log(12 * prior)[None]).astype(np.float32))
+
+
+def test_float64():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(2)
+    for kind in ('normal', 'integer', 'tiny'):
+      assert_all_agree(table(kind, rng, 300, 20, np.float64))
+
+
+@settings(deadline=None, max_examples=40)
+@given(seed=st.integers(0, 2**31), kind=st.sampled_from(['normal', 'integer', 'equal', 'huge',
+                                                          'tiny', 'blobs']),
+       batch=st.sampled_from([1, 2, 5, 64, 300, 1024, 4096]),
+       num_clusters=st.sampled_from([2, 3, 10, 100, 1000]), with_counts=st.booleans())
+def test_property_parallel_equals_sequential(seed, kind, batch, num_clusters, with_counts):
+  """Shapes up to 4096 x 1000 (the NumPy loop is too slow there: parallel vs sequential only)."""
+  if batch * num_clusters > 300_000 and kind in ('integer', 'equal'):
+    batch = 256  # Heavily tied tables take up to B rounds; keep the suite fast.
+  rng = np.random.default_rng(seed)
+  costs = jnp.asarray(table(kind, rng, batch, num_clusters))
+  counts = jnp.asarray(rng.integers(0, 20, num_clusters) if with_counts
+                       else np.zeros(num_clusters), jnp.int32)
+  labels_p, counts_p, _ = _parallel(costs, counts)
+  labels_s, counts_s, _ = _sequential(costs, counts)
+  np.testing.assert_array_equal(np.asarray(labels_p), np.asarray(labels_s))
+  np.testing.assert_array_equal(np.asarray(counts_p), np.asarray(counts_s))
+  assert int(counts_p.sum()) == int(counts.sum()) + batch
+  if batch * num_clusters <= 30_000:
+    expected, _ = definition(np.asarray(costs), np.asarray(counts))
+    np.testing.assert_array_equal(np.asarray(labels_p), expected)
+
+
+def test_round_count_on_realistic_tables():
+  costs = jnp.asarray(table('blobs', np.random.default_rng(3), 1024, 100))
+  _, _, rounds = _parallel(costs, jnp.zeros(100, jnp.int32))
+  assert int(rounds) <= 1024 // 16  # Measured: 20-30 rounds, against 1024 sequential steps.
+  costs = jnp.asarray(table('integer', np.random.default_rng(3), 256, 10))
+  _, _, rounds = _parallel(costs, jnp.zeros(10, jnp.int32))
+  assert int(rounds) < 256  # Ties resolved lexicographically commit several pairs per round.
+
+
+def test_inside_jit_and_grad_safe():
+  costs = jnp.asarray(table('normal', np.random.default_rng(4), 32, 4))
+
+  def loss(c):
+    labels, _ = assign.combination_assign(jax.lax.stop_gradient(c))
+    return jnp.take_along_axis(c, labels[:, None], 1).mean()
+
+  grad = jax.jit(jax.grad(loss))(costs)
+  assert float(grad.sum()) == pytest.approx(1.0)
+
+
+def test_argmin_assign():
+  costs = jnp.asarray([[0.0, 1.0], [0.5, 0.2], [0.1, 0.3]])
+  labels, counts = assign.argmin_assign(costs, jnp.asarray([1, 0]))
+  assert labels.tolist() == [0, 1, 0] and counts.tolist() == [3, 1]
+
+
+@pytest.mark.parametrize('costs,kwargs,error,match', [
+    (jnp.zeros(3), {}, ValueError, r'\(batch, clusters\)'),
+    (jnp.zeros((3, 2), jnp.int32), {}, TypeError, 'floating'),
+    (jnp.zeros((3, 2)), {'impl': 'fast'}, ValueError, 'impl'),
+    (jnp.zeros((3, 2)), {'counts': jnp.zeros(3, jnp.int32)}, ValueError, 'counts'),
+])
+def test_bad_input(costs, kwargs, error, match):
+  with pytest.raises(error, match=match):
+    assign.combination_assign(costs, **kwargs)
