@@ -80,13 +80,15 @@ def test_float64():
       assert_all_agree(table(kind, rng, 300, 20, np.float64))
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=25)
 @given(seed=st.integers(0, 2**31), kind=st.sampled_from(['normal', 'integer', 'equal', 'huge',
                                                           'tiny', 'blobs']),
        batch=st.sampled_from([1, 2, 5, 64, 300, 1024, 4096]),
        num_clusters=st.sampled_from([2, 3, 10, 100, 1000]), with_counts=st.booleans())
 def test_property_parallel_equals_sequential(seed, kind, batch, num_clusters, with_counts):
-  """Shapes up to 4096 x 1000 (the NumPy loop is too slow there: parallel vs sequential only)."""
+  """B up to 4096 and K up to 1000 (B x K capped near 1e6; the NumPy loop only on small tables)."""
+  if batch * num_clusters > 1_100_000:
+    batch = 1024  # The sequential reference at 4096 x 1000 takes seconds per example.
   if batch * num_clusters > 300_000 and kind in ('integer', 'equal'):
     batch = 256  # Heavily tied tables take up to B rounds; keep the suite fast.
   rng = np.random.default_rng(seed)
