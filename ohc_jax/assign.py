@@ -95,15 +95,15 @@ def _round(costs, labels, counts):
   next_cost = jnp.take_along_axis(sorted_costs, jnp.minimum(next_start, batch - 1), 0)
   separated = (next_start >= batch) | (next_cost + penalty > candidate)
   commit = jnp.cumprod(wins & separated & free[order], axis=0).astype(bool)
-  claims = jnp.where(commit, clusters[None, :], -1)
-  labels = labels.at[order.ravel()].max(claims.ravel())
-  counts = counts + commit.sum(0, dtype=jnp.int32)
+  # Back from each cluster's order to point order (a gather, not a scatter: scatters into a table
+  # sharded over points were mis-partitioned by XLA's SPMD pass).
+  by_point = jnp.take_along_axis(commit, jnp.argsort(order, axis=0), 0)
   # The globally cheapest pair is always the definition's next step: commit it in any case.
   flat = jnp.argmin(values.ravel())
-  i, k = flat // num_clusters, (flat % num_clusters).astype(jnp.int32)
-  fresh = labels[i] < 0
-  return (labels.at[i].set(jnp.where(fresh, k, labels[i])),
-          counts.at[k].add(fresh.astype(jnp.int32)))
+  by_point |= (ranks == flat // num_clusters) & (clusters[None, :] == flat % num_clusters)
+  claimed = jnp.any(by_point, axis=1)
+  labels = jnp.where(claimed, jnp.argmax(by_point, axis=1).astype(jnp.int32), labels)
+  return labels, counts + by_point.sum(0, dtype=jnp.int32)
 
 
 def _parallel(costs, counts):

@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_devices = 0  # 0: every device.
   c.assignment_scope = 'global'  # 'device': assign each device's shard on its own.
   c.distributed = False  # jax.distributed.initialize() for multi-process runs.
+  c.coordinator_address = config_dict.placeholder(str)  # 'HOST:PORT'; None: from the cluster.
+  c.num_processes = config_dict.placeholder(int)
+  c.process_id = config_dict.placeholder(int)
   # Logging.
   c.log_every_steps = 50
   c.progress_bar = True

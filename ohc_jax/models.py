@@ -3,7 +3,9 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
-# PyTorch's BatchNorm defaults: running averages updated with momentum 0.1, epsilon 1e-5.
+# PyTorch's BatchNorm defaults: running averages updated with momentum 0.1, epsilon 1e-5. Layers
+# followed by BatchNorm have no bias: it would be cancelled by the normalisation, and Adam would turn
+# its float-noise gradient into steps of size ~learning_rate.
 _BatchNorm = lambda: nn.BatchNorm(momentum=0.9, epsilon=1e-5)
 
 
@@ -14,7 +16,7 @@ class SimpEncoder(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     for features in (6, 16):
-      x = nn.Conv(features, (5, 5), padding='VALID')(x)
+      x = nn.Conv(features, (5, 5), padding='VALID', use_bias=False)(x)
       x = _BatchNorm()(x, use_running_average=not train)
       x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), (2, 2))
@@ -28,7 +30,7 @@ class MLPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Dense(self.hidden_dim)(x.reshape(x.shape[0], -1))
+    x = nn.Dense(self.hidden_dim, use_bias=False)(x.reshape(x.shape[0], -1))
     x = nn.relu(_BatchNorm()(x, use_running_average=not train))
     return nn.Dense(self.latent_dim)(x)
 

@@ -52,13 +52,14 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
     good = finite & (state.bad_step < 0)
     new = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, state)
     bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
-    metrics = {'loss': loss,
+    metrics = {'loss': loss, 'labels': labels,
                'batch_sizes': jnp.bincount(labels, length=config.num_clusters)}
     return new.replace(bad_step=bad), metrics
 
-  rep = parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, parallel.batch_sharded(mesh)),
-                 out_shardings=(rep, rep), donate_argnums=0)
+  rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(rep, data),
+                 out_shardings=(rep, {'loss': rep, 'labels': data, 'batch_sizes': rep}),
+                 donate_argnums=0)
 
 
 def make_eval_step(config, model, mesh, scale: float, offset: float):
