@@ -20,7 +20,8 @@ def _per_device(method, mesh):
   def local(costs, counts):
     labels, new_counts, loss = method(costs, counts)
     return labels, counts + jax.lax.psum(new_counts - counts, 'data'), jax.lax.pmean(loss, 'data')
-  return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P()), out_specs=(P('data'), P(), P()))
+  return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P()), out_specs=(P('data'), P(), P()),
+                       check_vma=False)
 
 
 def make_train_step(config, model, tx, method, mesh, scale: float, offset: float):
