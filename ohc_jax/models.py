@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ohc_jax.conv import Conv2D, max_pool_2x2
+
 # PyTorch's BatchNorm defaults: running averages updated with momentum 0.1, epsilon 1e-5. Layers
 # followed by BatchNorm have no bias: it would be cancelled by the normalisation, and Adam would turn
 # its float-noise gradient into steps of size ~learning_rate.
@@ -16,10 +18,9 @@ class SimpEncoder(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     for features in (6, 16):
-      x = nn.Conv(features, (5, 5), padding='VALID', use_bias=False)(x)
+      x = Conv2D(features, (5, 5))(x)
       x = _BatchNorm()(x, use_running_average=not train)
-      x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = max_pool_2x2(nn.relu(x))
     return nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
 
 
