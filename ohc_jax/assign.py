@@ -15,7 +15,8 @@ commit is unaffected by applying all commits first (it only ever involves cluste
 pending, and commits only remove competitors and raise penalties). The global-minimum pair always
 qualifies (and is committed in any case), so every round commits at least one pair; ties are exact
 because the comparison is lexicographic in the cluster index, each cluster's order is a stable sort by
-point index, and a prefix stops where float rounding could reorder two points (see `_round`).
+point index, and a prefix stops where float rounding could reorder two points. Each cluster's order
+is sorted once per call; a round masks the points assigned so far and costs O(B K).
 """
 
 import jax
@@ -62,52 +63,61 @@ def _sequential(costs, counts):
   return labels, counts, jnp.asarray(batch, jnp.int32)
 
 
-def _round(costs, labels, counts):
-  """One parallel round: every cluster commits its provably-sequential prefix."""
-  batch, num_clusters = costs.shape
-  clusters = jnp.arange(num_clusters, dtype=jnp.int32)
-  ranks = jnp.arange(batch, dtype=jnp.int32)[:, None]
-  free = labels < 0
-  masked = jnp.where(free[:, None], costs, jnp.inf)
-  values = masked + _penalty(counts, costs.dtype)[None]
-  # Each point's best and second-best (value, cluster), lexicographically.
-  best_k = jnp.argmin(values, axis=1).astype(jnp.int32)
-  best_v = jnp.take_along_axis(values, best_k[:, None], 1)[:, 0]
-  rest = values.at[jnp.arange(batch), best_k].set(jnp.inf)
-  second_k = jnp.argmin(rest, axis=1).astype(jnp.int32)
-  second_v = jnp.take_along_axis(rest, second_k[:, None], 1)[:, 0]
-  # Each cluster's free points in (cost, index) order, assigned points last.
-  order = jnp.argsort(masked, axis=0, stable=True)
-  sorted_costs = jnp.take_along_axis(masked, order, 0)
-  penalty = _penalty(counts[None, :] + ranks, costs.dtype)
-  candidate = sorted_costs + penalty
-  own_best = best_k[order] == clusters[None, :]
-  rival_v = jnp.where(own_best, second_v[order], best_v[order])
-  rival_k = jnp.where(own_best, second_k[order], best_k[order])
-  wins = (candidate < rival_v) | ((candidate == rival_v) & (clusters[None, :] < rival_k))
-  # Rounding can make cost + penalty equal for unequal costs, and the definition then prefers the
-  # smaller point index: j_r is only certain to be next when the first larger cost after it stays
-  # strictly above it once the penalty is added.
-  starts = jnp.concatenate([jnp.ones((1, num_clusters), bool),
-                            sorted_costs[1:] != sorted_costs[:-1]])
-  next_start = jax.lax.cummin(jnp.where(starts, ranks, batch), axis=0, reverse=True)
-  next_start = jnp.concatenate([next_start[1:], jnp.full((1, num_clusters), batch)])
-  next_cost = jnp.take_along_axis(sorted_costs, jnp.minimum(next_start, batch - 1), 0)
-  separated = (next_start >= batch) | (next_cost + penalty > candidate)
-  commit = jnp.cumprod(wins & separated & free[order], axis=0).astype(bool)
-  # Back from each cluster's order to point order (a gather, not a scatter: scatters into a table
-  # sharded over points were mis-partitioned by XLA's SPMD pass).
-  by_point = jnp.take_along_axis(commit, jnp.argsort(order, axis=0), 0)
-  # The globally cheapest pair is always the definition's next step: commit it in any case.
-  flat = jnp.argmin(values.ravel())
-  by_point |= (ranks == flat // num_clusters) & (clusters[None, :] == flat % num_clusters)
-  claimed = jnp.any(by_point, axis=1)
-  labels = jnp.where(claimed, jnp.argmax(by_point, axis=1).astype(jnp.int32), labels)
-  return labels, counts + by_point.sum(0, dtype=jnp.int32)
+def _first_min(values, axis):
+  """(min, index of its first occurrence) along `axis`: cheaper on XLA:CPU than argmin."""
+  low = jnp.min(values, axis=axis, keepdims=True)
+  return jnp.squeeze(low, axis), jnp.argmax(values == low, axis=axis).astype(jnp.int32)
 
 
 def _parallel(costs, counts):
-  batch = costs.shape[0]
+  batch, num_clusters = costs.shape
+  clusters = jnp.arange(num_clusters, dtype=jnp.int32)
+  ranks = jnp.arange(batch, dtype=jnp.int32)[:, None]
+  # Each cluster's points in (cost, index) order: sorted once per call; rounds mask assigned points.
+  order = jnp.argsort(costs, axis=0, stable=True)
+  to_point = jnp.zeros_like(order).at[order, clusters[None, :]].set(
+      jnp.broadcast_to(ranks, order.shape), unique_indices=True)
+  sorted_costs = jnp.take_along_axis(costs, order, 0)
+  starts = jnp.concatenate([jnp.ones((1, num_clusters), bool),
+                            sorted_costs[1:] != sorted_costs[:-1]])
+  # Position of the first point of larger cost after each position (batch: none).
+  next_group = jax.lax.cummin(jnp.where(starts, ranks, batch), axis=0, reverse=True)
+  next_group = jnp.concatenate([next_group[1:], jnp.full((1, num_clusters), batch)])
+  inf_row = jnp.full((1, num_clusters), jnp.inf, costs.dtype)
+
+  def one_round(labels, counts):
+    free = labels < 0
+    values = jnp.where(free[:, None], costs + _penalty(counts, costs.dtype)[None], jnp.inf)
+    # Each point's best and second-best (value, cluster), lexicographically.
+    best_v, best_k = _first_min(values, 1)
+    second_v, second_k = _first_min(
+        jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values), 1)
+    # Cluster k's r-th free point in its order would be taken at penalty log(n_k + 1 + r) and
+    # must beat its best rival cluster.
+    free_sorted = free[order]
+    penalty = _penalty(counts[None, :] + jnp.cumsum(free_sorted, 0, dtype=jnp.int32) - 1,
+                       costs.dtype)
+    candidate = sorted_costs + penalty
+    own_best = best_k[order] == clusters[None, :]
+    rival_v = jnp.where(own_best, second_v[order], best_v[order])
+    rival_k = jnp.where(own_best, second_k[order], best_k[order])
+    wins = (candidate < rival_v) | ((candidate == rival_v) & (clusters[None, :] < rival_k))
+    # Rounding can make cost + penalty equal for unequal costs, and the definition then prefers the
+    # smaller point index: a point is only certain to be next when the first free point of larger
+    # cost after it stays strictly above it once the penalty is added.
+    free_costs = jnp.where(free_sorted, sorted_costs, jnp.inf)
+    next_free = jnp.concatenate([jax.lax.cummin(free_costs, axis=0, reverse=True), inf_row])
+    separated = jnp.take_along_axis(next_free, next_group, 0) + penalty > candidate
+    ok = wins & separated | ~free_sorted
+    first_fail = jnp.where(jnp.all(ok, axis=0), batch, jnp.argmin(ok, axis=0))
+    commit = (ranks < first_fail[None, :]) & free_sorted
+    by_point = jnp.take_along_axis(commit, to_point, 0)
+    # The globally cheapest pair is always the definition's next step: commit it in any case.
+    _, i = _first_min(best_v, 0)
+    by_point |= (ranks == i) & (clusters[None, :] == best_k[i])
+    labels = jnp.where(jnp.any(by_point, axis=1), jnp.argmax(by_point, axis=1).astype(jnp.int32),
+                       labels)
+    return labels, counts + by_point.sum(0, dtype=jnp.int32)
 
   def cond(carry):
     labels, _, rounds = carry
@@ -115,8 +125,7 @@ def _parallel(costs, counts):
 
   def body(carry):
     labels, counts, rounds = carry
-    labels, counts = _round(costs, labels, counts)
-    return labels, counts, rounds + 1
+    return (*one_round(labels, counts), rounds + 1)
 
   labels = jnp.full((batch,), -1, jnp.int32)
   return jax.lax.while_loop(cond, body, (labels, counts, jnp.zeros((), jnp.int32)))
