@@ -64,27 +64,34 @@ def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
   return batch_size / seconds
 
 
-def assignment_ms(batch_size: int, num_clusters: int, repeats: int, impl='parallel') -> float:
-  """Milliseconds per jitted combination assignment of a realistic (B, K) cost table."""
-  import jax
-  import jax.numpy as jnp
+def _blob_costs(batch_size: int, num_clusters: int, seed: int = 0):
+  """A realistic cost table: encodings around cluster centres, centroids elsewhere, sigma 10."""
   import numpy as np
-  from ohc_jax import assign
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   z = rng.normal(size=(batch_size, 16)) + rng.normal(size=(num_clusters, 16))[
       rng.integers(0, num_clusters, batch_size)]
-  costs = jnp.asarray(((z[:, None] - rng.normal(size=(num_clusters, 16))[None]) ** 2).sum(-1) / 10,
-                      jnp.float32)
-  fn = jax.jit(lambda c: assign.combination_assign(c, impl=impl))
-  jax.block_until_ready(fn(costs))
+  mu = rng.normal(size=(num_clusters, 16))
+  sq = (z * z).sum(1)[:, None] - 2 * z @ mu.T + (mu * mu).sum(1)[None]
+  return (sq / 10).astype(np.float32)
+
+
+def assignment_ms(batch_size: int, num_clusters: int, repeats: int, impl='parallel',
+                  calls: int = 20) -> tuple[float, int]:
+  """(milliseconds per jitted combination assignment of a realistic table, rounds it took)."""
+  import jax
+  import jax.numpy as jnp
+  from ohc_jax import assign
+  costs = jnp.asarray(_blob_costs(batch_size, num_clusters))
+  fn = jax.jit(lambda c: assign.combination_assign_with_rounds(c, impl=impl))
+  rounds = int(fn(costs)[2])
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    for _ in range(20):
+    for _ in range(calls):
       out = fn(costs)
     jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / 20)
-  return 1e3 * statistics.median(times)
+    times.append((time.perf_counter() - start) / calls)
+  return 1e3 * statistics.median(times), rounds
 
 
 def suite_train() -> dict:
@@ -93,7 +100,7 @@ def suite_train() -> dict:
       'batch_size': batch,
       'combination_images_per_s': train_throughput('combination', batch, steps, repeats),
       'argmin_images_per_s': train_throughput('none', batch, steps, repeats),
-      'assignment_ms_per_batch': assignment_ms(batch, 10, repeats),
+      'assignment_ms_per_batch': assignment_ms(batch, 10, repeats)[0],
   }
   print(f'simp encoder, CIFAR-10-shaped batches of {batch}, K=10:')
   print(f'  train, combination assignment: {result["combination_images_per_s"]:8.0f} images/s')
@@ -103,9 +110,20 @@ def suite_train() -> dict:
 
 
 def suite_assign() -> dict:
-  from ohc_jax import bench_assign
-  rows = bench_assign.run()
-  print(bench_assign.format_table(rows))
+  rows = []
+  print(f'{"B":>5} {"K":>5} {"sequential ms":>14} {"parallel ms":>12} {"rounds":>7} {"speed-up":>9}')
+  for batch in (256, 1024, 4096):
+    for num_clusters in (10, 100, 1000):
+      big = batch * num_clusters >= 1_000_000
+      seq, steps = assignment_ms(batch, num_clusters, 1 if big else _REPEATS.value, 'sequential',
+                                 calls=1 if big else 10)
+      par, rounds = assignment_ms(batch, num_clusters, _REPEATS.value, 'parallel',
+                                  calls=2 if big else 10)
+      rows.append({'batch_size': batch, 'num_clusters': num_clusters, 'sequential_ms': seq,
+                   'sequential_steps': steps, 'parallel_ms': par, 'parallel_rounds': rounds,
+                   'speedup': seq / par})
+      print(f'{batch:5d} {num_clusters:5d} {seq:14.3f} {par:12.3f} {rounds:7d} {seq / par:8.1f}x',
+            flush=True)
   return {'rows': rows}
 
 
