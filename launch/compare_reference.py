@@ -1,0 +1,322 @@
+r"""Side by side with the PyTorch reference (github.com/Lou1sM/online_hard_clustering).
+
+  pip install -e '.[reference]'   # PyTorch (CPU is enough)
+  python launch/compare_reference.py --reference_dir=PATH_TO_ITS_CHECKOUT \
+      --dataset=cifar10 --data_dir=../shared/data/tfds --epochs=1 --subset=5000
+
+(a) Feeds identical float64 cost tables to the reference's own assignment routine
+    (`ClusterNet.assign_batch_probabilistic`) and to `ohc_jax.assign.combination_assign`, and reports
+    the fraction of identical labels and both times per batch.
+(b) Trains both on the same data (the first --subset points of train+test, the paper's protocol) with
+    the same hyperparameters, and prints their metrics and training images/s side by side.
+
+The reference's files are not modified. Its helper package `dl_utils` (not on PyPI) and `torchvision`
+(only used there for data loading) are replaced by small stand-ins, and where there is no GPU its
+hard-coded CUDA calls are redirected to the CPU.
+"""
+
+import contextlib
+import importlib
+import io
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import types
+
+import numpy as np
+from absl import app, flags
+
+_REFERENCE_DIR = flags.DEFINE_string('reference_dir', os.environ.get('OHC_REFERENCE_DIR'),
+                                     'Checkout of the PyTorch reference.')
+_DATASET = flags.DEFINE_string('dataset', 'cifar10', 'Data set for part (b).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir.')
+_EPOCHS = flags.DEFINE_integer('epochs', 1, 'Training epochs for part (b).')
+_SUBSET = flags.DEFINE_integer('subset', 5000, 'Points of train+test used in part (b).')
+_TABLES = flags.DEFINE_integer('tables', 20, 'Cost tables for part (a).')
+_PARTS = flags.DEFINE_list('parts', ['assign', 'train'], 'Which parts to run.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
+
+# Reference's method flags (it has no working --ent / --ckm flags: its parser calls them --kl, and
+# --ckm is parsed but unused).
+REFERENCE_METHODS = {'combination': [], 'none': ['--no_reg'], 'variance': ['--var'],
+                     'entropy': ['--kl'], 'sinkhorn': ['--sinkhorn'], 'neural_gas': ['--ng']}
+
+
+def assignment_agreement(reference_fn, our_fn, tables) -> dict:
+  """Fraction of identical labels over cost tables, and each function's median time per table."""
+  same = total = 0
+  ref_times, our_times = [], []
+  for costs in tables:
+    start = time.perf_counter()
+    ref = np.asarray(reference_fn(costs))
+    ref_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    ours = np.asarray(our_fn(costs))
+    our_times.append(time.perf_counter() - start)
+    same += int(np.sum(ref == ours))
+    total += len(ref)
+  return {'tables': len(tables), 'labels': total, 'agreement': same / total,
+          'reference_ms': 1e3 * float(np.median(ref_times)),
+          'ours_ms': 1e3 * float(np.median(our_times))}
+
+
+def cost_tables(count: int, batch: int, num_clusters: int, seed: int) -> list[np.ndarray]:
+  """float64 tables shaped like the reference's: squared distances / sigma, minus a constant."""
+  rng = np.random.default_rng(seed)
+  tables = []
+  for _ in range(count):
+    z = rng.normal(size=(batch, 128)) + 2 * rng.normal(size=(num_clusters, 128))[
+        rng.integers(0, num_clusters, batch)]
+    mu = rng.normal(size=(num_clusters, 128))
+    tables.append(((z[:, None] - mu[None]) ** 2).sum(-1) / 100 - math.log(100) * 64)
+  return tables
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+  """A Markdown table of `rows` (one per implementation), the given columns in order."""
+  def cell(value):
+    return f'{value:.4f}' if isinstance(value, float) else str(value)
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(cell(row.get(c, 'n/a')) for c in columns) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+# The reference on this machine: stand-ins for its helper modules, CUDA redirected to the CPU.
+
+
+def _stand_ins():
+  """Minimal replacements for what the reference imports from dl_utils and torchvision."""
+  import torch
+  from scipy.optimize import linear_sum_assignment
+
+  def label_counts(labels):
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
+
+  def get_trans_dict(gt, pred):
+    """cluster -> class by Hungarian matching; its keys but the last name the matched clusters."""
+    num = int(max(np.max(gt), np.max(pred))) + 1
+    table = np.zeros((num, num))
+    np.add.at(table, (np.asarray(pred), np.asarray(gt)), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    mapping = dict(zip(rows.tolist(), cols.tolist()))
+    mapping[-1] = -1
+    return mapping
+
+  def accuracy(pred, gt):
+    mapping = get_trans_dict(gt, pred)
+    return float(np.mean(np.array([mapping.get(p, -1) for p in pred]) == gt))
+
+  class CifarLikeDataset(torch.utils.data.Dataset):
+    def __init__(self, data, targets, transform=None):
+      self.data, self.targets, self.transform = data, targets, transform
+
+    def __len__(self):
+      return len(self.data)
+
+    def __getitem__(self, i):
+      x = self.data[i]
+      return (self.transform(x) if self.transform else x), int(self.targets[i])
+
+  def to_tensor(x):
+    x = torch.as_tensor(np.asarray(x))
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    return x.permute(2, 0, 1) if x.ndim == 3 else x[None]
+
+  class Normalize:
+    def __init__(self, mean, std):
+      self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+
+    def __call__(self, x):
+      return (x - self.mean) / self.std
+
+  class Compose:
+    def __init__(self, fns):
+      self.fns = fns
+
+    def __call__(self, x):
+      for fn in self.fns:
+        x = fn(x)
+      return x
+
+  modules = {
+      'dl_utils.label_funcs': dict(label_counts=label_counts, get_trans_dict=get_trans_dict,
+                                   accuracy=accuracy, compress_labels=None),
+      'dl_utils.tensor_funcs': dict(cudify=lambda x: torch.as_tensor(x).cuda(),
+                                    numpyify=lambda x: x.detach().cpu().numpy()
+                                    if torch.is_tensor(x) else np.asarray(x),
+                                    recursive_np_or=None),
+      'dl_utils.misc': dict(set_experiment_dir=None, asMinutes=lambda s: f'{s / 60:.1f}m',
+                            scatter_clusters=None, check_dir=None),
+      'dl_utils.torch_misc': dict(CifarLikeDataset=CifarLikeDataset, check_dir=None),
+      'torchvision.transforms': dict(Compose=Compose, Normalize=Normalize,
+                                     ToTensor=lambda: to_tensor),
+  }
+  for name in ('dl_utils', 'torchvision', *modules):
+    module = sys.modules.setdefault(name, types.ModuleType(name))
+    for key, value in modules.get(name, {}).items():
+      setattr(module, key, value)
+  sys.modules['dl_utils'].__path__ = []
+  sys.modules['torchvision'].transforms = sys.modules['torchvision.transforms']
+
+
+def _redirect_cuda_to_cpu():
+  import torch
+  if torch.cuda.is_available():
+    return
+  torch.Tensor.cuda = lambda self, *a, **k: self
+  torch.nn.Module.cuda = lambda self, *a, **k: self
+
+  def on_cpu(fn):
+    def wrapped(*args, **kwargs):
+      if str(kwargs.get('device', '')).startswith('cuda'):
+        kwargs['device'] = 'cpu'
+      return fn(*args, **kwargs)
+    return wrapped
+
+  for name in ('randn', 'zeros', 'ones', 'eye', 'tensor', 'arange', 'zeros_like', 'ones_like'):
+    setattr(torch, name, on_cpu(getattr(torch, name)))
+  torch.nn.Linear.__init__ = on_cpu(torch.nn.Linear.__init__)
+
+
+def load_reference(reference_dir: str):
+  """The reference's train module, importable on this machine."""
+  if not os.path.exists(os.path.join(reference_dir, 'train.py')):
+    sys.exit(f'error: no train.py in --reference_dir={reference_dir}: point it at a checkout of '
+             f'github.com/Lou1sM/online_hard_clustering')
+  try:
+    import torch
+  except ImportError:
+    sys.exit("error: PyTorch is not installed: pip install -e '.[reference]'")
+  torch.set_num_threads(os.cpu_count() or 1)
+  _stand_ins()
+  _redirect_cuda_to_cpu()
+  sys.path.insert(0, os.path.abspath(reference_dir))
+  return importlib.import_module('train')
+
+
+def reference_assign_fn(reference):
+  """The reference's own combination assignment, as a function of a (B, K) float64 table."""
+  import torch
+  reference.ARGS = types.SimpleNamespace(imbalance=0, constrained_eval=False)
+
+  def assign(costs):
+    net = types.SimpleNamespace(cluster_log_probs=torch.tensor(costs), training=True,
+                                cluster_counts=torch.zeros(costs.shape[1]).long(),
+                                bs=costs.shape[0], epoch_num=0)
+    reference.ClusterNet.assign_batch_probabilistic(net)
+    return net.batch_assignments.numpy()
+  return assign
+
+
+def our_assign_fn():
+  import jax
+  import jax.numpy as jnp
+  from ohc_jax import assign
+  jax.config.update('jax_enable_x64', True)
+  fn = jax.jit(assign.combination_assign)
+  return lambda costs: jax.block_until_ready(fn(jnp.asarray(costs, jnp.float64))[0])
+
+
+def part_assign(reference) -> dict:
+  tables = cost_tables(_TABLES.value, 256, 10, _SEED.value)
+  ours = our_assign_fn()
+  ours(tables[0])  # Compile outside the timing.
+  result = assignment_agreement(reference_assign_fn(reference), ours, tables)
+  print(f'(a) assignment on {result["tables"]} identical float64 tables of 256 x 10: '
+        f'{100 * result["agreement"]:.2f}% identical labels')
+  print(format_table([{'implementation': 'reference (PyTorch loop)',
+                       'ms_per_batch': result['reference_ms']},
+                      {'implementation': 'ohc_jax (parallel, jitted)',
+                       'ms_per_batch': result['ours_ms']}], ['implementation', 'ms_per_batch']))
+  return result
+
+
+def _data(dataset: str, data_dir, subset: int):
+  from ohc_jax import configuration, input_pipeline
+  config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, f'{dataset}.py'))
+  config.update(data_dir=data_dir, max_examples=subset)
+  return config, input_pipeline.load(config)
+
+
+def train_reference(reference, data, method: str, epochs: int) -> dict:
+  """Trains the reference on `data` (its own defaults otherwise); its best-NMI figures."""
+  import torch
+  sys.argv = ['train.py', '-d', 'c10', '-e', str(epochs), '--suppress_prints',
+              *REFERENCE_METHODS[method]]
+  args = reference.cl_args.get_cl_args()
+  args.nc = data.num_classes
+  args.prior = np.ones(args.nc) / args.nc
+  args.exp_dir = tempfile.mkdtemp()
+  reference.ARGS = args
+  loader = reference.DataLoader
+  reference.DataLoader = lambda *a, **k: loader(*a, **dict(k, num_workers=0))
+  images = data.train.images
+  dset = sys.modules['dl_utils.torch_misc'].CifarLikeDataset(
+      images, data.train.labels, lambda x: (torch.as_tensor(x).permute(2, 0, 1).float() / 127.5
+                                            - 1))
+  net = reference.ClusterNet(args)
+  epoch_time = [0.0]
+  train_one_epoch = net.train_one_epoch
+
+  def timed(loader):
+    start = time.perf_counter()
+    train_one_epoch(loader)
+    epoch_time[0] += time.perf_counter() - start
+  net.train_one_epoch = timed
+  out = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out):
+      net.train_epochs(epochs, dset, val_too=True)
+  except Exception as e:  # The reference's sinkhorn and entropy baselines crash.
+    return {'status': f'crashed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'}
+  found = dict(re.findall(r'Best ([\w* ]+?):\s*([-\d.]+)', out.getvalue()))
+  return {'status': 'ok', 'acc': float(found['Acc']), 'nmi': float(found['NMI']),
+          'ari': float(found['ARI']), 'kl_star': float(found['KL*']),
+          'images_per_s': epochs * len(images) / epoch_time[0]}
+
+
+def train_ours(config, method: str, epochs: int) -> dict:
+  from ohc_jax import train
+  config.update(method=method, num_epochs=epochs, progress_bar=False, seed=_SEED.value)
+  with tempfile.TemporaryDirectory() as workdir:
+    results = train.train_and_evaluate(config, workdir)
+  best = results['best_nmi']
+  # The last epoch's speed: the first one's includes compiling the step.
+  return {'status': 'ok', **{k: best[k] for k in ('acc', 'nmi', 'ari', 'kl_star')},
+          'images_per_s': results['final']['train_images_per_s']}
+
+
+def part_train(reference) -> list[dict]:
+  config, data = _data(_DATASET.value, _DATA_DIR.value, _SUBSET.value)
+  rows = []
+  for method in ('combination', 'none'):
+    rows.append({'implementation': 'reference', 'method': method,
+                 **train_reference(reference, data, method, _EPOCHS.value)})
+    rows.append({'implementation': 'ohc_jax', 'method': method,
+                 **train_ours(config.copy_and_resolve_references(), method, _EPOCHS.value)})
+  print(f'(b) {_EPOCHS.value} epoch(s) on the first {len(data.train)} points of {_DATASET.value} '
+        f'train+test (metrics: best-NMI epoch; images/s: reference over all epochs, ohc_jax its '
+        f'last epoch, as its first includes compilation; use --epochs >= 2):')
+  print(format_table(rows, ['implementation', 'method', 'status', 'acc', 'nmi', 'ari', 'kl_star',
+                            'images_per_s']))
+  return rows
+
+
+def main(argv):
+  del argv
+  if not _REFERENCE_DIR.value:
+    sys.exit('error: pass --reference_dir (or set OHC_REFERENCE_DIR) to a checkout of the '
+             'reference')
+  reference = load_reference(_REFERENCE_DIR.value)
+  if 'assign' in _PARTS.value:
+    part_assign(reference)
+  if 'train' in _PARTS.value:
+    part_train(reference)
+
+
+if __name__ == '__main__':
+  app.run(main)
