@@ -1,5 +1,8 @@
-"""Training methods: each maps a differentiable (B, K) cost table and the cluster counts so far to
-(labels, counts, loss). Labels are computed on stop_gradient(costs) and carry no gradient."""
+"""Training methods. Each maps a differentiable (B, K) cost table, the cluster counts so far and the
+method's dual variables (used by `ckm` only) to (labels, counts, loss, duals). Labels are computed on
+stop_gradient(costs) and carry no gradient. `make_method` binds the options and takes the log prior
+too (used by the Sinkhorn methods).
+"""
 
 from typing import Callable
 
@@ -8,30 +11,135 @@ import jax.numpy as jnp
 
 from ohc_jax import assign
 
-MethodFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+MethodFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
+
+SINKHORN_EPSILON = 0.5
+SINKHORN_ITERATIONS = 15
+HARD_SINKHORN_WEIGHT = 0.1  # The reference's eps2: weight of the hard argmin counts in the plan.
+NEURAL_GAS_TEMPERATURE = 1.0
+CKM_MIN_FRACTION = 0.5  # Each cluster is pushed to hold at least this fraction of B / K points.
+CKM_DUAL_STEP = 0.1
 
 
 def _mean_cost_of(costs, labels):
   return jnp.mean(jnp.take_along_axis(costs, labels[:, None], axis=1))
 
 
-def combination(costs, counts, *, impl='parallel'):
+def _count(labels, counts):
+  return counts + jnp.bincount(labels, length=counts.shape[0]).astype(counts.dtype)
+
+
+def combination(costs, counts, duals, *, impl='parallel'):
   """The paper's method: combination assignment, loss = mean cost of the assigned clusters."""
   labels, counts = assign.combination_assign(jax.lax.stop_gradient(costs), counts, impl=impl)
-  return labels, counts, _mean_cost_of(costs, labels)
+  return labels, counts, _mean_cost_of(costs, labels), duals
 
 
-def no_regularisation(costs, counts):
+def no_regularisation(costs, counts, duals):
   """Plain argmin labels: collapses, which is the point of this baseline."""
   labels, counts = assign.argmin_assign(jax.lax.stop_gradient(costs), counts)
-  return labels, counts, _mean_cost_of(costs, labels)
+  return labels, counts, _mean_cost_of(costs, labels), duals
 
 
-METHODS = {'combination': combination, 'none': no_regularisation}
+def sinkhorn_plan(scores, marginals, *, hard=False, epsilon=SINKHORN_EPSILON,
+                  iterations=SINKHORN_ITERATIONS):
+  """SwAV's balanced transport plan (B, K) of `scores`: each point's row sums to 1 / B exactly
+  (the last normalisation), each cluster's column to its entry of `marginals` (which sum to one)
+  approximately. `hard` mixes the hard argmax counts into the plan before balancing and subtracts
+  them after, as the reference does (scaled to the plan's mass)."""
+  batch, num_clusters = scores.shape
+  # Per-point shifts cancel in the row normalisation; they keep exp() finite.
+  q = jnp.exp((scores - jnp.max(scores, axis=1, keepdims=True)) / epsilon)
+  q = q / jnp.sum(q)
+  if hard:
+    onehot = jax.nn.one_hot(jnp.argmax(q, axis=1), num_clusters, dtype=q.dtype)
+    q = (q + HARD_SINKHORN_WEIGHT * onehot) / (1 + HARD_SINKHORN_WEIGHT)
+
+  def balance(q, _):
+    q = q * (marginals / jnp.sum(q, axis=0))[None, :]
+    q = q / jnp.sum(q, axis=1, keepdims=True) / batch
+    return q, None
+
+  q, _ = jax.lax.scan(balance, q, None, length=iterations)
+  if hard:
+    q = 2 * q - onehot / batch
+  return q
+
+
+def _sinkhorn(costs, counts, duals, log_prior, *, hard):
+  plan = sinkhorn_plan(-jax.lax.stop_gradient(costs), jax.nn.softmax(log_prior), hard=hard)
+  labels = jnp.argmax(plan, axis=1).astype(jnp.int32)  # The reference takes the argmin.
+  return labels, _count(labels, counts), _mean_cost_of(costs, labels), duals
+
+
+def _entropy(p, axis=-1):
+  return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=axis)
+
+
+def entropy(costs, counts, duals):
+  """-100 H(batch-mean assignment) + 0.1 mean per-point entropy; assignment = softmax(-costs)."""
+  p = jax.nn.softmax(-costs, axis=1)
+  loss = -100 * _entropy(jnp.mean(p, axis=0)) + 0.1 * jnp.mean(_entropy(p))
+  labels, counts = assign.argmin_assign(jax.lax.stop_gradient(costs), counts)
+  return labels, counts, loss, duals
+
+
+def entropy_reference(costs, counts, duals):
+  """The reference's form: the 'distributions' are rows of raw costs normalised to sum to one."""
+  p = costs / jnp.sum(costs, axis=1, keepdims=True)
+  mean = jnp.mean(costs, axis=0)
+  loss = -100 * _entropy(mean / jnp.sum(mean)) + 0.1 * jnp.mean(_entropy(p))
+  labels, counts = assign.argmin_assign(jax.lax.stop_gradient(costs), counts)
+  return labels, counts, loss, duals
+
+
+def variance(costs, counts, duals, *, improved=False):
+  """The paper's SS: 10 mean_k (mean_i C[i,k])^2 (or 10 Var_k) + 0.1 mean_i min_k C[i,k]."""
+  column_means = jnp.mean(costs, axis=0)
+  spread = jnp.var(column_means, ddof=1) if improved else jnp.mean(column_means ** 2)
+  labels, counts = assign.argmin_assign(jax.lax.stop_gradient(costs), counts)
+  return labels, counts, 10 * spread + 0.1 * _mean_cost_of(costs, labels), duals
+
+
+def neural_gas(costs, counts, duals, *, temperature=NEURAL_GAS_TEMPERATURE):
+  """Clusters ranked by 0.1 C + log(n_k + 1), weights exp(-rank / T); label = rank 0.
+
+  Loss: the batch mean of each point's weighted sum of squared ranked values (the reference returns
+  the per-point vector, which its backward() cannot take)."""
+  values = 0.1 * costs + jnp.log1p(counts.astype(costs.dtype))[None, :]
+  order = jnp.argsort(jax.lax.stop_gradient(values), axis=1)
+  ranked = jnp.take_along_axis(values, order, axis=1)
+  weights = jnp.exp(-jnp.arange(costs.shape[1], dtype=costs.dtype) / temperature)
+  labels = order[:, 0].astype(jnp.int32)
+  return labels, _count(labels, counts), jnp.mean(jnp.sum(ranked ** 2 * weights, axis=1)), duals
+
+
+def ckm(costs, counts, duals):
+  """Online constrained k-means (CoKe, Qian et al. 2022): labels = argmin_k C[i,k] - duals_k; the
+  duals rise for clusters below CKM_MIN_FRACTION * B / K points in the batch, and fall otherwise
+  (never below 0)."""
+  batch, num_clusters = costs.shape
+  labels = jnp.argmin(jax.lax.stop_gradient(costs) - duals[None, :], axis=1).astype(jnp.int32)
+  sizes = jnp.bincount(labels, length=num_clusters).astype(costs.dtype)
+  shortfall = CKM_MIN_FRACTION / num_clusters - sizes / batch
+  duals = jnp.maximum(0.0, duals + CKM_DUAL_STEP * num_clusters * shortfall)
+  return labels, _count(labels, counts), _mean_cost_of(costs, labels), duals
+
+
+METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'entropy', 'entropy_reference',
+           'variance', 'variance_improved', 'neural_gas', 'ckm')
 
 
 def make_method(config) -> MethodFn:
-  """The method named by config.method, with its options bound."""
-  if config.method == 'combination':
-    return lambda costs, counts: combination(costs, counts, impl=config.assign_impl)
-  return METHODS[config.method]
+  """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals)` for config.method."""
+  name = config.method
+  if name in ('sinkhorn', 'hard_sinkhorn'):
+    return lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=name == 'hard_sinkhorn')
+  if name == 'combination':
+    fn = lambda c, n, d: combination(c, n, d, impl=config.assign_impl)
+  elif name in ('variance', 'variance_improved'):
+    fn = lambda c, n, d: variance(c, n, d, improved=name == 'variance_improved')
+  else:
+    fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
+          'neural_gas': neural_gas, 'ckm': ckm}[name]
+  return lambda c, n, d, p: fn(c, n, d)

@@ -16,12 +16,13 @@ def _all_finite(tree) -> jax.Array:
 
 
 def _per_device(method, mesh):
-  """Runs the method's assignment on each device's shard of the batch on its own."""
-  def local(costs, counts):
-    labels, new_counts, loss = method(costs, counts)
-    return labels, counts + jax.lax.psum(new_counts - counts, 'data'), jax.lax.pmean(loss, 'data')
-  return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P()), out_specs=(P('data'), P(), P()),
-                       check_vma=False)
+  """Runs the method on each device's shard of the batch on its own."""
+  def local(costs, counts, duals, log_prior):
+    labels, new_counts, loss, new_duals = method(costs, counts, duals, log_prior)
+    return (labels, counts + jax.lax.psum(new_counts - counts, 'data'),
+            jax.lax.pmean(loss, 'data'), jax.lax.pmean(new_duals, 'data'))
+  return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P(), P(), P()),
+                       out_specs=(P('data'), P(), P(), P()), check_vma=False)
 
 
 def make_train_step(config, model, tx, method, mesh, scale: float, offset: float):
@@ -41,14 +42,14 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
       z, new_vars = model.apply({'params': params['encoder'], 'batch_stats': state.batch_stats},
                                 x, train=True, mutable=['batch_stats'])
       costs = cluster_costs(z, params['centroids'], config.sigma, state.log_prior)
-      labels, counts, loss = method(costs, counts_in)
-      return loss, (labels, counts, new_vars['batch_stats'], costs)
+      labels, counts, loss, duals = method(costs, counts_in, state.duals, state.log_prior)
+      return loss, (labels, counts, duals, new_vars['batch_stats'], costs)
 
-    (loss, (labels, counts, batch_stats, costs)), grads = jax.value_and_grad(
+    (loss, (labels, counts, duals, batch_stats, costs)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        batch_stats=batch_stats, opt_state=opt_state, counts=counts)
+                        batch_stats=batch_stats, opt_state=opt_state, counts=counts, duals=duals)
     finite = jnp.isfinite(loss) & _all_finite(costs) & _all_finite(grads)
     good = finite & (state.bad_step < 0)
     new = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, state)

@@ -17,6 +17,7 @@ class TrainState:
   counts: jax.Array  # (K,) int32: points given to each cluster (this epoch, with keep_counts).
   log_prior: jax.Array  # (K,) float32: log(prior_k * K), zero for the uniform prior.
   bad_step: jax.Array  # int32 scalar: first step whose loss, costs or gradients were not finite; -1.
+  duals: jax.Array  # (K,) float32: the ckm method's dual variables (zero for other methods).
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -38,4 +39,5 @@ def create_train_state(config, model, tx, input_shape, rng) -> TrainState:
       counts=jnp.zeros((config.num_clusters,), jnp.int32),
       log_prior=jnp.zeros((config.num_clusters,), jnp.float32),
       bad_step=jnp.full((), -1, jnp.int32),
+      duals=jnp.zeros((config.num_clusters,), jnp.float32),
   )

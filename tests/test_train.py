@@ -45,7 +45,7 @@ def test_gradients_reach_encoder_and_centroids(digits_config):
     z, _ = model.apply({'params': params['encoder'], 'batch_stats': state.batch_stats}, x,
                        train=True, mutable=['batch_stats'])
     costs = cluster_costs(z, params['centroids'], digits_config.sigma, state.log_prior)
-    return method(costs, jnp.zeros_like(state.counts))[2]
+    return method(costs, jnp.zeros_like(state.counts), state.duals, state.log_prior)[2]
 
   grads = jax.grad(loss_fn)(state.params)
   assert float(jnp.abs(grads['centroids']).sum()) > 0

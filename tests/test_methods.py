@@ -1,0 +1,71 @@
+"""The baselines: finite losses, gradients, labels; Sinkhorn's marginals; collapse without regulariser."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ohc_jax import configuration, methods, models, train
+from ohc_jax.clusters import cluster_costs
+from ohc_jax.errors import UsageError
+
+
+@pytest.mark.parametrize('name', methods.METHODS)
+def test_method_gives_finite_loss_gradients_and_labels(name, digits_config):
+  digits_config.method = name
+  method = methods.make_method(digits_config)
+  model = models.MLPEncoder(latent_dim=16, hidden_dim=32)
+  x = jax.random.normal(jax.random.key(0), (64, 8, 8, 1))
+  variables = model.init(jax.random.key(1), x, train=False)
+  params = {'encoder': variables['params'],
+            'centroids': jax.random.normal(jax.random.key(2), (10, 16))}
+  counts, duals, log_prior = jnp.zeros(10, jnp.int32), jnp.zeros(10), jnp.zeros(10)
+
+  def loss_fn(params):
+    z, _ = model.apply({'params': params['encoder'], 'batch_stats': variables['batch_stats']}, x,
+                       train=True, mutable=['batch_stats'])
+    costs = cluster_costs(z, params['centroids'], 10.0, log_prior)
+    labels, new_counts, loss, new_duals = method(costs, counts, duals, log_prior)
+    return loss, (labels, new_counts, new_duals)
+
+  (loss, (labels, new_counts, new_duals)), grads = jax.jit(
+      jax.value_and_grad(loss_fn, has_aux=True))(params)
+  assert np.isfinite(float(loss))
+  assert labels.shape == (64,) and labels.dtype == jnp.int32
+  assert int(labels.min()) >= 0 and int(labels.max()) < 10
+  assert int(new_counts.sum()) == 64 and new_duals.shape == (10,)
+  assert float(jnp.abs(grads['centroids']).sum()) > 0
+  assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads['encoder']))
+
+
+@pytest.mark.parametrize('prior', [np.full(6, 1 / 6), np.array([0.3, 0.25, 0.2, 0.1, 0.1, 0.05])])
+def test_sinkhorn_plan_meets_its_marginals(prior):
+  scores = jax.random.normal(jax.random.key(0), (300, 6))
+  plan = methods.sinkhorn_plan(scores, jnp.asarray(prior, jnp.float32))
+  np.testing.assert_allclose(plan.sum(1), np.full(300, 1 / 300), atol=1e-6)
+  np.testing.assert_allclose(plan.sum(0), prior, atol=1e-3)
+
+
+def test_ckm_duals_favour_starved_clusters():
+  costs = jnp.tile(jnp.array([[0.0, 1.0, 2.0]]), (30, 1))
+  labels, _, _, duals = methods.ckm(costs, jnp.zeros(3, jnp.int32), jnp.zeros(3))
+  assert set(np.asarray(labels).tolist()) == {0}
+  assert float(duals[0]) == 0.0 and float(duals[1]) > 0 and float(duals[2]) > 0
+
+
+def test_none_collapses_where_combination_does_not(digits_config, tmp_path):
+  """A real run on digits: 8 epochs, 11 steps each."""
+  digits_config.num_epochs = 8
+  used = {}
+  for name in ('none', 'combination'):
+    digits_config.method = name
+    used[name] = train.train_and_evaluate(digits_config, str(tmp_path / name))['final']
+  assert used['combination']['num_nonempty'] == 10
+  assert used['none']['num_nonempty'] <= 5  # Measured: 2 of 10.
+  assert used['none']['kl_star'] > 0.5 * np.log(10) > used['combination']['kl_star']
+
+
+def test_unknown_method_is_a_usage_error(digits_config):
+  digits_config.method = 'kmeans++'
+  with pytest.raises(UsageError, match='--config.method'):
+    configuration.validate(digits_config)
