@@ -17,4 +17,5 @@ def get_config():
   c.batch_size = 128
   c.num_epochs = 30
   c.log_every_steps = 5
+  c.plots_every_epochs = 10  # Plotting (~1 s) costs about 5 epochs of this tiny job.
   return c

@@ -16,7 +16,8 @@ from ohc_jax.configuration import CONFIG_DIR
 _DEFAULT_CONFIG = os.path.join(CONFIG_DIR, 'default.py')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics, results.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a finished run in --workdir.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace the run in --workdir (finished or not) '
+                                'instead of refusing or resuming it.')
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Training configuration.',
                                           lock_config=True)
 
@@ -25,6 +26,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}: use --config.FIELD=VALUE')
   from ohc_jax import train
+  from ohc_jax.checkpoints import Interrupted
   from ohc_jax.errors import UsageError
   logging.set_verbosity(logging.WARNING)
   try:
@@ -35,6 +37,9 @@ def main(argv):
   except train.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except Interrupted as e:  # SIGTERM: 143, SIGINT: 130; the checkpoint is saved.
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 if __name__ == '__main__':

@@ -18,4 +18,5 @@ def digits_config():
   c = configuration.from_file(os.path.join(configuration.CONFIG_DIR, 'default.py'))
   c.num_epochs = 3
   c.progress_bar = False
+  c.plots_every_epochs = 0  # Plots cost ~1 s a run; tests/test_report.py tests them.
   return c

@@ -1,0 +1,132 @@
+"""`python -m ohc_jax.predict`: the labels of the evaluation pass, from images, .npz and .npy; bad
+input gives one line, exit code 2 and no output file."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ohc_jax import checkpoints, configuration, input_pipeline, predict, train
+from ohc_jax.configuration import CONFIG_DIR
+
+REPO = os.path.dirname(CONFIG_DIR)
+N = 50
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A finished digits run, N of its evaluation images in each input form, and the labels and
+  costs the evaluation pass gives them."""
+  c = configuration.from_file(os.path.join(CONFIG_DIR, 'default.py'))
+  c.update(num_epochs=2, progress_bar=False, plots_every_epochs=0)
+  root = tmp_path_factory.mktemp('predict')
+  workdir = root / 'run'
+  train.train_and_evaluate(c, str(workdir))
+  images = input_pipeline.load(c).eval.images[-N:]  # (N, 8, 8, 1) uint8, values 0..16.
+  folder = root / 'images'
+  (folder / 'sub').mkdir(parents=True)
+  for i, image in enumerate(images):  # Sorted order of relative paths = row order.
+    Image.fromarray(image[..., 0]).save(folder / ('sub' if i >= 40 else '') / f'{i:03d}.png')
+  np.savez(root / 'images.npz', images=images)
+  np.save(root / 'images.npy', images[..., 0])  # (N, 8, 8): the channel axis may be left out.
+  trained = checkpoints.load_trained(str(workdir))
+  split = input_pipeline.Split(images, np.zeros(N, np.int64))
+  reference = train.evaluate(trained.eval_step, trained.state, split, trained.config, trained.mesh)
+  return {'workdir': workdir, 'root': root, 'folder': folder, 'reference': reference,
+          'map': json.loads((workdir / 'cluster_map.json').read_text())}
+
+
+def _read(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def _check(rows, run):
+  assert len(rows) == N
+  clusters = np.array([int(r['cluster']) for r in rows])
+  np.testing.assert_array_equal(clusters, run['reference']['cluster'])
+  np.testing.assert_allclose([float(r['cost']) for r in rows], run['reference']['cost'],
+                             rtol=1e-5, atol=1e-6)
+  names = run['map']['cluster_to_class_name']
+  assert [r['class'] for r in rows] == [names[k] for k in clusters]
+
+
+def test_npz_and_npy_give_the_labels_of_the_evaluation_pass(run, tmp_path):
+  for name in ('images.npz', 'images.npy'):
+    out = tmp_path / f'{name}.csv'
+    assert predict.run([f'--workdir={run["workdir"]}', f'--input={run["root"] / name}',
+                        f'--output={out}', '--batch_size=16']) == 0
+    rows = _read(out)
+    assert [r['id'] for r in rows] == [str(i) for i in range(N)]
+    _check(rows, run)
+
+
+def test_folder_of_images_on_the_command_line(run, tmp_path):
+  out = tmp_path / 'labels.csv'
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, '-m', 'ohc_jax.predict', f'--workdir={run["workdir"]}',
+                         f'--input={run["folder"]}', f'--output={out}'], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = _read(out)
+  assert rows[0]['id'] == '000.png' and rows[-1]['id'] == os.path.join('sub', f'{N - 1:03d}.png')
+  _check(rows, run)
+
+
+def _bad(args, tmp_path, capsys):
+  out = tmp_path / 'out' / 'labels.csv'
+  out.parent.mkdir(exist_ok=True)
+  assert predict.run(args + [f'--output={out}']) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: ') and '\n' not in err, err
+  assert os.listdir(out.parent) == []  # No output, no partial file.
+  return err
+
+
+def test_bad_workdirs(run, tmp_path, capsys):
+  good_input = f'--input={run["root"] / "images.npz"}'
+  err = _bad([f'--workdir={tmp_path / "nope"}', good_input], tmp_path, capsys)
+  assert 'does not exist' in err
+  (tmp_path / 'empty').mkdir()
+  err = _bad([f'--workdir={tmp_path / "empty"}', good_input], tmp_path, capsys)
+  assert 'holds no checkpoint' in err
+
+
+def test_bad_inputs_name_the_first_bad_file_and_the_expected_shape(run, tmp_path, capsys):
+  workdir = f'--workdir={run["workdir"]}'
+  np.savez(tmp_path / 'wrong.npz', images=np.zeros((4, 9, 9, 1), np.uint8))
+  err = _bad([workdir, f'--input={tmp_path / "wrong.npz"}'], tmp_path, capsys)
+  assert '(4, 9, 9, 1)' in err and '(8, 8, 1)' in err
+  (tmp_path / 'garbage.npy').write_bytes(b'not numpy')
+  err = _bad([workdir, f'--input={tmp_path / "garbage.npy"}'], tmp_path, capsys)
+  assert 'garbage.npy' in err
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / 'a.png')
+  (folder / 'b.png').write_bytes(b'\x89PNG truncated')
+  Image.fromarray(np.zeros((9, 9), np.uint8)).save(folder / 'c.png')
+  err = _bad([workdir, f'--input={folder}'], tmp_path, capsys)
+  assert 'b.png' in err and 'c.png' not in err and '(8, 8, 1)' in err
+  (folder / 'b.png').unlink()
+  err = _bad([workdir, f'--input={folder}'], tmp_path, capsys)
+  assert 'c.png' in err and '(9, 9, 1)' in err and '(8, 8, 1)' in err
+  err = _bad([workdir, f'--input={tmp_path / "missing.npz"}'], tmp_path, capsys)
+  assert 'does not exist' in err
+
+
+def test_bad_input_on_the_command_line_exits_2_with_one_line(run, tmp_path):
+  np.save(tmp_path / 'wrong.npy', np.zeros((3, 8, 8, 3), np.uint8))
+  out = tmp_path / 'labels.csv'
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, '-m', 'ohc_jax.predict', f'--workdir={run["workdir"]}',
+                         f'--input={tmp_path / "wrong.npy"}', f'--output={out}'], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert '(8, 8, 1)' in proc.stderr
+  assert sorted(os.listdir(tmp_path)) == ['wrong.npy']
