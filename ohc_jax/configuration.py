@@ -7,6 +7,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ohc_jax.errors import UsageError
+from ohc_jax.methods import METHODS
 
 DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'stl10')
 ENCODERS = ('simp', 'mlp')
@@ -23,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR, else tfds's default.
   c.download = False
   c.protocol = 'paper'  # 'paper': train and evaluate on train+test; 'holdout': train/test.
+  c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
+  c.imbalance = 0  # 0-3: the reference's class keep-probabilities (see ohc_jax/imbalance.py).
+  c.prior_matching = 'hungarian'  # How prior entries meet clusters: 'hungarian' (peeks) or 'size'.
   # Model.
   c.encoder = 'simp'
   c.hidden_dim = 256  # 'mlp' encoder only.
@@ -49,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Logging.
   c.log_every_steps = 50
   c.progress_bar = True
+  # Run operations (checkpoints, plots).
+  c.checkpoint_every_steps = 500  # Also at each epoch's end; 0: at epochs' ends only.
+  c.keep_checkpoints = 3  # The latest checkpoints kept in WORKDIR/checkpoints.
+  c.plots_every_epochs = 1  # PNGs in WORKDIR/plots every N epochs and at the last; 0: never.
   return c
 
 
@@ -68,10 +76,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'dataset', DATASETS)
   _choice(config, 'encoder', ENCODERS)
   _choice(config, 'protocol', PROTOCOLS)
+  _choice(config, 'method', METHODS)
+  _choice(config, 'imbalance', (0, 1, 2, 3))
+  _choice(config, 'prior_matching', ('hungarian', 'size'))
   _choice(config, 'assign_impl', ASSIGN_IMPLS)
   _choice(config, 'assignment_scope', ASSIGNMENT_SCOPES)
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
-                     ('latent_dim', 1), ('num_epochs', 1), ('log_every_steps', 1)):
+                     ('latent_dim', 1), ('num_epochs', 1), ('log_every_steps', 1),
+                     ('checkpoint_every_steps', 0), ('keep_checkpoints', 1),
+                     ('plots_every_epochs', 0)):
     _check(int(config[field]) >= low,
            f'{field} must be >= {low}, got {config[field]}: set --config.{field}=')
   for field in ('sigma', 'learning_rate'):

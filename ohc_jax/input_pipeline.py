@@ -6,6 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ohc_jax import imbalance
 from ohc_jax.errors import UsageError
 
 # Per data set: the tfds name, its splits, label key and how stored pixels map to the encoder's
@@ -38,6 +39,7 @@ class Data:
   scale: float
   offset: float
   class_names: tuple[str, ...] = ()
+  prior: np.ndarray | None = None  # Class proportions of an imbalanced set; None: uniform.
 
 
 def _concat(a: Split, b: Split) -> Split:
@@ -99,7 +101,16 @@ def load(config) -> Data:
     raise UsageError(f'unknown dataset {config.dataset!r}')
   if config.protocol == 'paper':
     train = test = _concat(train, test)
-  return Data(train, test, num_classes, scale, offset, names)
+  if config.max_examples:
+    train, test = (Split(s.images[:config.max_examples], s.labels[:config.max_examples])
+                   for s in (train, test))
+  prior = None
+  if config.imbalance:
+    keep = imbalance.keep_probabilities(config.imbalance, num_classes)
+    train, test = (Split(s.images[rows], s.labels[rows]) for s in (train, test)
+                   for rows in [imbalance.subsample(s.labels, keep, config.seed)])
+    prior = keep / keep.sum()
+  return Data(train, test, num_classes, scale, offset, names, prior)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -11,7 +12,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from ohc_jax import configuration, input_pipeline, metrics, models, parallel, steps
+from ohc_jax import (checkpoints, configuration, imbalance, input_pipeline, logging_utils, metrics,
+                     models, parallel, steps)
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
@@ -21,13 +23,10 @@ class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss, cost or gradient."""
 
 
-def check_workdir(workdir: str, overwrite: bool) -> None:
-  """Refuses a workdir that already holds a finished run, unless overwriting."""
-  if os.path.exists(os.path.join(workdir, 'results.json')) and not overwrite:
-    raise UsageError(f'{workdir} already holds a finished run (results.json): choose another '
-                     f'--workdir, or pass --overwrite to replace it')
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UsageError(f'--workdir={workdir} is a file, not a directory: choose another --workdir')
+def check_workdir(config, workdir: str, overwrite: bool) -> bool:
+  """True to resume the unfinished run in workdir; False to start afresh; UsageError to refuse (a
+  finished run without --overwrite, or a config that differs): see checkpoints.check_workdir."""
+  return checkpoints.check_workdir(config, workdir, overwrite)
 
 
 def evaluate(eval_step, state, split, config, mesh) -> dict:
@@ -62,9 +61,14 @@ def _raise_if_bad(state) -> None:
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
-  """Trains and evaluates every epoch; writes config.json, metrics.jsonl and results.json."""
+  """Trains and evaluates every epoch; writes config.json, metrics.jsonl and results.json.
+
+  Checkpoints go to WORKDIR/checkpoints every config.checkpoint_every_steps steps and at each
+  epoch's end; an unfinished run in workdir is resumed from its latest usable checkpoint, exactly
+  (checkpoints.py). SIGTERM or SIGINT saves a checkpoint and raises checkpoints.Interrupted.
+  """
   configuration.validate(config)
-  check_workdir(workdir, overwrite)
+  resume = check_workdir(config, workdir, overwrite)
   parallel.maybe_initialize_distributed(config)
   mesh = parallel.make_mesh(config)
   data = input_pipeline.load(config)
@@ -73,10 +77,13 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                      f'points: lower --config.batch_size')
   lead = jax.process_index() == 0
   if lead:
+    if overwrite:
+      checkpoints.clear_outputs(workdir)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-    open(os.path.join(workdir, 'metrics.jsonl'), 'w').close()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('ohc_jax_workdir_ready')
 
   model = models.make_encoder(config)
   tx = make_optimizer(config)
@@ -89,38 +96,136 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
                                   jax.process_index(), jax.process_count())
 
-  history = []
-  for epoch in range(1, config.num_epochs + 1):
-    state = state.replace(counts=jax.device_put(np.zeros(config.num_clusters, np.int32), rep))
-    bar = tqdm(total=feed.steps_per_epoch * config.batch_size, unit='img', unit_scale=True,
-               desc=f'epoch {epoch}', disable=not (lead and config.progress_bar), leave=False)
-    start, loss_sum = time.time(), jnp.zeros(())
-    for i, batch in enumerate(feed.epoch(epoch)):
-      state, step_metrics = train_step(state, parallel.to_global(batch, mesh))
-      loss_sum = loss_sum + step_metrics['loss']
-      bar.update(config.batch_size)
-      if (i + 1) % config.log_every_steps == 0:
-        bar.set_postfix(loss=f'{float(step_metrics["loss"]):.4f}')
-        _raise_if_bad(state)
-    _raise_if_bad(state)
-    train_loss = float(loss_sum) / feed.steps_per_epoch
-    train_time = time.time() - start
-    bar.close()
-    outputs = evaluate(eval_step, state, data.eval, config, mesh)
-    record = {'epoch': epoch, 'step': int(state.step), 'train_loss': train_loss,
-              'train_images_per_s': feed.steps_per_epoch * config.batch_size / train_time,
-              **epoch_metrics(outputs, data.eval, state.log_prior)}
-    history.append(record)
+  ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints, lead=lead)
+  pos = checkpoints.Position()
+  if resume:
+    restored = ckpt.restore(state, quarantine=True)
+    checkpoints.refuse_if_config_differs(restored.meta['config'], config, workdir)
+    state, pos = restored.state, checkpoints.Position.from_meta(restored.meta,
+                                                                feed.steps_per_epoch)
     if lead:
-      with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
-        f.write(json.dumps(record) + '\n')
-      logging.info(_summary(epoch, config, train_loss, record['train_images_per_s'], record))
-      print(_summary(epoch, config, train_loss, record['train_images_per_s'], record), flush=True)
+      print(f'resuming from the checkpoint of step {restored.step}: epoch {pos.epoch}, step '
+            f'{pos.step_in_epoch} of {feed.steps_per_epoch}', flush=True)
+  writer = logging_utils.MetricWriter(workdir, enabled=lead, history=pos.history,
+                                      resume_step=int(state.step) if resume else None)
+  history = pos.history
+
+  def save(epoch, step_in_epoch, loss_sum):
+    _raise_if_bad(state)  # Never save a state past a non-finite step.
+    pos.epoch, pos.step_in_epoch, pos.loss_sum = epoch, step_in_epoch, float(loss_sum)
+    ckpt.save(state, checkpoints.make_meta(
+        config, pos, steps_per_epoch=feed.steps_per_epoch, data=data,
+        input_shape=data.train.images.shape[1:], input_dtype=data.train.images.dtype))
+
+  try:
+    with checkpoints.StopOnSignal() as stop:
+      for epoch in range(pos.epoch, config.num_epochs + 1):
+        first = pos.step_in_epoch if epoch == pos.epoch else 0  # > 0: resuming mid-epoch.
+        if first == 0:
+          state = state.replace(counts=jax.device_put(np.zeros(config.num_clusters, np.int32),
+                                                      rep))
+        bar = tqdm(total=feed.steps_per_epoch * config.batch_size, unit='img', unit_scale=True,
+                   initial=first * config.batch_size, desc=f'epoch {epoch}',
+                   disable=not (lead and config.progress_bar), leave=False)
+        start = last_log = time.time()
+        loss_sum = jnp.asarray(pos.loss_sum if first else 0.0, jnp.float32)
+        for i, batch in enumerate(feed.epoch(epoch, first), start=first):
+          state, step_metrics = train_step(state, parallel.to_global(batch, mesh))
+          loss_sum = loss_sum + step_metrics['loss']
+          bar.update(config.batch_size)
+          ckpt.poll()
+          done, global_step = i + 1, (epoch - 1) * feed.steps_per_epoch + i + 1
+          if global_step % config.log_every_steps == 0:
+            _raise_if_bad(state)
+            loss, now = float(step_metrics['loss']), time.time()
+            bar.set_postfix(loss=f'{loss:.4f}')
+            scalars = {'epoch': epoch, 'loss': loss,
+                       'images_per_s': config.log_every_steps * config.batch_size / (now - last_log)}
+            if 'batch_sizes' in step_metrics:  # Clusters the step's batch used.
+              scalars['batch_clusters'] = int(np.sum(np.asarray(step_metrics['batch_sizes']) > 0))
+            writer.write_step(global_step, scalars)
+            last_log = now
+          signum = stop.agreed() if (jax.process_count() == 1 or
+                                     global_step % config.log_every_steps == 0) else None
+          every = config.checkpoint_every_steps
+          if done < feed.steps_per_epoch and (signum or (every and global_step % every == 0)):
+            save(epoch, done, loss_sum)
+            if signum:
+              raise checkpoints.Interrupted(signum, global_step, workdir)
+        _raise_if_bad(state)
+        train_loss = float(loss_sum) / feed.steps_per_epoch
+        train_time = time.time() - start
+        bar.close()
+        outputs = evaluate(eval_step, state, data.eval, config, mesh)
+        log_prior = np.asarray(state.log_prior)
+        if data.prior is not None:  # Costs use the prior matched to clusters from epoch 2 on.
+          log_prior = imbalance.matched_log_prior(data.prior, outputs['cluster'], data.eval.labels,
+                                                  config.prior_matching)
+          state = state.replace(log_prior=jax.device_put(log_prior, rep))
+        record = {'epoch': epoch, 'step': int(state.step), 'train_loss': train_loss,
+                  'train_images_per_s': ((feed.steps_per_epoch - first) * config.batch_size /
+                                         train_time),
+                  **epoch_metrics(outputs, data.eval, log_prior)}
+        history.append(record)
+        pos.cluster_to_class = metrics.hungarian_map(data.eval.labels, outputs['cluster'],
+                                                     config.num_clusters).tolist()
+        pos.cluster_to_class_step = record['step']
+        save(epoch, feed.steps_per_epoch, 0.0)
+        writer.write_epoch(record)
+        if lead:
+          logging.info(_summary(epoch, config, train_loss, record['train_images_per_s'], record))
+          print(_summary(epoch, config, train_loss, record['train_images_per_s'], record),
+                flush=True)
+          _write_cluster_map(workdir, pos, data)
+          every = config.plots_every_epochs
+          if every and (epoch % every == 0 or epoch == config.num_epochs):
+            _make_plots(workdir, config, state, history, outputs, data)
+        signum = stop.agreed()
+        if signum and epoch < config.num_epochs:
+          raise checkpoints.Interrupted(signum, record['step'], workdir)
+  except NonFiniteError as e:
+    ckpt.wait()
+    last = ckpt.latest_step()
+    raise NonFiniteError(f'{e}; the last good checkpoint is '
+                         f'{"step " + str(last) if last is not None else "none"} in '
+                         f'{checkpoints.checkpoint_dir(workdir)}') from None
+  finally:
+    ckpt.close()
+    writer.close()
 
   best = max(history, key=lambda r: r['nmi'])
   results = {'final': history[-1], 'best_nmi': best, 'dataset': config.dataset,
              'method': config.method, 'num_train': len(data.train), 'num_eval': len(data.eval)}
-  if lead:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+  if lead:  # Written last and atomically: its presence marks the run finished.
+    with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
       json.dump(results, f, indent=2)
+    os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
   return results
+
+
+def _write_cluster_map(workdir: str, pos, data) -> None:
+  """WORKDIR/cluster_map.json: the Hungarian cluster -> class map of the latest evaluation."""
+  names = list(data.class_names)
+  mapping = pos.cluster_to_class
+  out = {'step': pos.cluster_to_class_step, 'epoch': pos.epoch, 'cluster_to_class': mapping,
+         'cluster_to_class_name': [names[c] if 0 <= c < len(names) else None for c in mapping]
+                                  if names else None,
+         'class_names': names}
+  with open(os.path.join(workdir, 'cluster_map.json.tmp'), 'w') as f:
+    json.dump(out, f, indent=2)
+  os.replace(os.path.join(workdir, 'cluster_map.json.tmp'), os.path.join(workdir, 'cluster_map.json'))
+
+
+def _make_plots(workdir: str, config, state, history, outputs, data) -> None:
+  """The PNGs of ohc_jax.plots; a failure only warns (python -m ohc_jax.report redoes them)."""
+  from ohc_jax import plots
+  prior = np.exp(np.asarray(jax.device_get(state.log_prior), np.float64))
+  try:
+    plots.make_all(os.path.join(workdir, 'plots'), history=history, prior=prior / prior.sum(),
+                   outputs=outputs, labels=data.eval.labels, images=data.eval.images,
+                   num_clusters=config.num_clusters, class_names=data.class_names,
+                   centroids=np.asarray(jax.device_get(state.params['centroids'])),
+                   seed=config.seed)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'warning: plots failed ({type(e).__name__}: {e}); python -m ohc_jax.report '
+          f'{workdir} makes them', file=sys.stderr)

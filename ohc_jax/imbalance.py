@@ -1,0 +1,47 @@
+"""Imbalanced data: the reference's class keep-probabilities, seeded sampling, and the prior's
+matching to clusters."""
+
+import numpy as np
+
+from ohc_jax import metrics
+
+MODES = (0, 1, 2, 3)
+
+
+def keep_probabilities(mode: int, num_classes: int) -> np.ndarray:
+  """The probability that a point of each class is kept, for imbalance modes 0 to 3."""
+  c = num_classes
+  if mode == 0:
+    return np.ones(c)
+  if mode == 1:  # The first ceil(C/2) classes whole, the rest down to 0.8.
+    return np.concatenate([np.ones(c - c // 2), 1 - 0.2 * np.linspace(0, 1, c // 2)])
+  if mode == 2:
+    return 1 - 0.5 * np.linspace(0, 1 - 1 / c, c)
+  if mode == 3:
+    return 1 - np.linspace(0, 1 - 1 / c, c)
+  raise ValueError(f'imbalance mode must be one of {MODES}, got {mode}')
+
+
+def subsample(labels: np.ndarray, probabilities: np.ndarray, seed: int) -> np.ndarray:
+  """Indices of the points kept, each independently with its class's probability; seeded."""
+  draws = np.random.default_rng([seed, 7]).random(len(labels))
+  return np.flatnonzero(draws < probabilities[labels])
+
+
+def matched_log_prior(prior: np.ndarray, clusters: np.ndarray, labels, how: str) -> np.ndarray:
+  """log(K prior_k) per cluster, the prior's entries matched to clusters.
+
+  'hungarian' (the reference's way): cluster k gets the prior of the class the Hungarian matching
+  gives it; this peeks at the labels. 'size' (label-free): the largest cluster gets the largest
+  prior entry, the second largest the second, and so on.
+  """
+  num_clusters = len(prior)
+  if how == 'hungarian':
+    to_class = metrics.hungarian_map(labels, clusters, num_clusters)
+    matched = prior[np.where(to_class >= 0, to_class, np.arange(num_clusters)) % len(prior)]
+  else:
+    sizes = np.bincount(clusters, minlength=num_clusters)
+    matched = np.empty(num_clusters)
+    matched[np.argsort(-sizes, kind='stable')] = np.sort(prior)[::-1]
+  matched = matched / matched.sum()
+  return np.log(num_clusters * matched).astype(np.float32)
