@@ -2,22 +2,45 @@
 
 Definition: repeatedly take the unassigned (point i, cluster k) pair with the smallest
 `costs[i, k] + log(n_k + 1)`, n_k the points given to k so far in this call (from `counts`), ties to
-the smallest i, then the smallest k; assign it; increment n_k.
+the smallest i, then the smallest k; assign it; increment n_k. Writing v(i, k) for that value at the
+current counts, each step takes the lexicographically smallest (v, i, k); values only ever rise
+(float addition is monotone in each argument).
 
-Parallel rounds (exact). With the penalties p_k = log(n_k + 1) of the round's start, cluster k commits
-the longest prefix j_0, j_1, ... of its unassigned points in (cost, index) order such that every
-member's key (costs[j_r, k] + log(n_k + 1 + r), k) is lexicographically below the best key
-(costs[j_r, k'] + p_k', k') over the other clusters k'. Why this is the sequential outcome: penalties
-only rise, so (j_r, k') is never worth less than its round-start key; cluster k receives points in its
-(cost, index) order, so until it takes j_r it holds at most n_k + r points and (j_r, k) stays strictly
-ahead of every (j_r, k') — j_r can only go to k. Conversely a step of the sequential process that is no
-commit is unaffected by applying all commits first (it only ever involves clusters with no commits
-pending, and commits only remove competitors and raise penalties). The global-minimum pair always
-qualifies (and is committed in any case), so every round commits at least one pair; ties are exact
-because the comparison is lexicographic in the cluster index, each cluster's order is a stable sort by
-point index, and a prefix stops where float rounding could reorder two points. Each cluster's order
-is sorted once per call; a round masks the points assigned so far and costs O(B K).
+Parallel rounds (exact). A round commits pairs that the definition provably takes from the current
+state, then the next round starts from the new counts. Committing, for some clusters, the first few
+points the definition would give each of them changes nothing else: a later step of the definition
+involves a cluster with no commit pending, so its value is unchanged, while every other value can
+only have risen -- the same pair stays the smallest, with the same tie-break. Two rules find them:
+
+1. Cluster prefixes. When cluster k wins, its pair is the smallest of its column, so k receives its
+   points in (cost, index) order, and its r-th free point j_r in that order is its r-th intake, at
+   V_r = costs[j_r, k] + log(n_k + 1 + r), provided that
+   (a) (V_r, k) is lexicographically below (v(j_r, k'), k') at the round's start for every other
+       cluster k'. Values never fall, so until j_r is taken k holds at most n_k + r points and
+       (j_r, k) stays below every (j_r, k'): strictly if k' < k, possibly tied if k' > k, where the
+       tie-break picks k. Commits of other clusters only raise their values, which widens the
+       margin, and no point can pass (a) for two clusters; and
+   (b) the next larger free cost of k's column stays strictly above V_r at the same penalty:
+       rounding can make cost + penalty equal for unequal costs, and the definition would then
+       prefer the smaller index.
+   Each cluster commits its longest prefix passing both. Only a point's best cluster can pass (a),
+   so the prefix consists of points preferring k and ends, at the latest, at k's blocker: its first
+   free point in that order preferring another cluster. One sort of the free points by (best
+   cluster, cost, index) ranks every prefix at once.
+2. Queue runs. Order the free points by (best value, index): the first is the definition's next
+   step, and so is each following one while its best pair is untouched by the clusters the run has
+   taken, and those clusters, one point heavier, now value it strictly above its best (or equal
+   from a larger cluster index). Two runs are checked: points that all attain their best value at
+   the same set T of clusters, the r-th taking the r-th cluster of T (an all-equal table commits
+   min(B, K) pairs per round this way; rule 1 commits one there, as every cluster's first choice is
+   the same point), and points whose best clusters are all distinct. Every round commits at least
+   the global minimum pair.
+
+A round costs O(B K) elementwise work and reductions plus two sorts and a top_k of B keys. Rounds
+gather and sort, never scatter: XLA's SPMD pass mis-partitioned scatters into point-sharded arrays.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,42 +48,26 @@ import jax.numpy as jnp
 IMPLS = ('parallel', 'sequential')
 
 
-def _check(costs, counts, impl):
-  if impl not in IMPLS:
-    raise ValueError(f'combination_assign: impl must be one of {IMPLS}, got {impl!r}')
-  if jnp.ndim(costs) != 2:
-    raise ValueError(f'combination_assign: costs must be a (batch, clusters) float array, got '
-                     f'shape {jnp.shape(costs)}')
+def _check(costs, counts, name):
+  """The costs as an array and the starting counts as int32, or a one-line error."""
+  if jnp.ndim(costs) != 2 or 0 in jnp.shape(costs):
+    raise ValueError(f'{name}: costs must be a (batch, clusters) float array, got shape '
+                     f'{jnp.shape(costs)}')
   if not jnp.issubdtype(jnp.result_type(costs), jnp.floating):
-    raise TypeError(f'combination_assign: costs must be floating point, got '
+    raise TypeError(f'{name}: costs must be a (batch, clusters) floating point array, got dtype '
                     f'{jnp.result_type(costs)}')
   num_clusters = jnp.shape(costs)[1]
   if counts is None:
-    return jnp.zeros((num_clusters,), jnp.int32)
+    return jnp.asarray(costs), jnp.zeros((num_clusters,), jnp.int32)
   if jnp.shape(counts) != (num_clusters,):
-    raise ValueError(f'combination_assign: counts must have shape ({num_clusters},), got '
+    raise ValueError(f'{name}: counts must have shape ({num_clusters},), got '
                      f'{jnp.shape(counts)}')
-  return jnp.asarray(counts, jnp.int32)
+  return jnp.asarray(costs), jnp.asarray(counts, jnp.int32)
 
 
 def _penalty(n, dtype):
-  """log(n + 1), computed identically by both implementations."""
+  """log(n + 1), computed the same way everywhere so both implementations see the same floats."""
   return jnp.log1p(n.astype(dtype))
-
-
-def _sequential(costs, counts):
-  batch, num_clusters = costs.shape
-
-  def body(_, carry):
-    labels, n = carry
-    values = jnp.where((labels < 0)[:, None], costs + _penalty(n, costs.dtype)[None], jnp.inf)
-    flat = jnp.argmin(values.ravel())  # Row-major: smallest i, then smallest k.
-    i, k = flat // num_clusters, (flat % num_clusters).astype(jnp.int32)
-    return labels.at[i].set(k), n.at[k].add(1)
-
-  labels = jnp.full((batch,), -1, jnp.int32)
-  labels, counts = jax.lax.fori_loop(0, batch, body, (labels, counts))
-  return labels, counts, jnp.asarray(batch, jnp.int32)
 
 
 def _first_min(values, axis):
@@ -69,73 +76,125 @@ def _first_min(values, axis):
   return jnp.squeeze(low, axis), jnp.argmax(values == low, axis=axis).astype(jnp.int32)
 
 
-def _parallel(costs, counts):
-  batch, num_clusters = costs.shape
-  clusters = jnp.arange(num_clusters, dtype=jnp.int32)
-  ranks = jnp.arange(batch, dtype=jnp.int32)[:, None]
-  # Each cluster's points in (cost, index) order: sorted once per call; rounds mask assigned points.
-  order = jnp.argsort(costs, axis=0, stable=True)
-  to_point = jnp.zeros_like(order).at[order, clusters[None, :]].set(
-      jnp.broadcast_to(ranks, order.shape), unique_indices=True)
-  sorted_costs = jnp.take_along_axis(costs, order, 0)
-  starts = jnp.concatenate([jnp.ones((1, num_clusters), bool),
-                            sorted_costs[1:] != sorted_costs[:-1]])
-  # Position of the first point of larger cost after each position (batch: none).
-  next_group = jax.lax.cummin(jnp.where(starts, ranks, batch), axis=0, reverse=True)
-  next_group = jnp.concatenate([next_group[1:], jnp.full((1, num_clusters), batch)])
-  inf_row = jnp.full((1, num_clusters), jnp.inf, costs.dtype)
+def _sequential(costs, counts):
+  """The definition, one pair per step; the value table is kept cluster-major and updated."""
+  batch, _ = costs.shape
+  by_cluster = costs.T
 
-  def one_round(labels, counts):
-    free = labels < 0
-    values = jnp.where(free[:, None], costs + _penalty(counts, costs.dtype)[None], jnp.inf)
-    # Each point's best and second-best (value, cluster), lexicographically.
-    best_v, best_k = _first_min(values, 1)
-    second_v, second_k = _first_min(
-        jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values), 1)
-    # Cluster k's r-th free point in its order would be taken at penalty log(n_k + 1 + r) and
-    # must beat its best rival cluster.
-    free_sorted = free[order]
-    penalty = _penalty(counts[None, :] + jnp.cumsum(free_sorted, 0, dtype=jnp.int32) - 1,
-                       costs.dtype)
-    candidate = sorted_costs + penalty
-    own_best = best_k[order] == clusters[None, :]
-    rival_v = jnp.where(own_best, second_v[order], best_v[order])
-    rival_k = jnp.where(own_best, second_k[order], best_k[order])
-    wins = (candidate < rival_v) | ((candidate == rival_v) & (clusters[None, :] < rival_k))
-    # Rounding can make cost + penalty equal for unequal costs, and the definition then prefers the
-    # smaller point index: a point is only certain to be next when the first free point of larger
-    # cost after it stays strictly above it once the penalty is added.
-    free_costs = jnp.where(free_sorted, sorted_costs, jnp.inf)
-    next_free = jnp.concatenate([jax.lax.cummin(free_costs, axis=0, reverse=True), inf_row])
-    separated = jnp.take_along_axis(next_free, next_group, 0) + penalty > candidate
-    ok = wins & separated | ~free_sorted
-    first_fail = jnp.where(jnp.all(ok, axis=0), batch, jnp.argmin(ok, axis=0))
-    commit = (ranks < first_fail[None, :]) & free_sorted
-    by_point = jnp.take_along_axis(commit, to_point, 0)
-    # The globally cheapest pair is always the definition's next step: commit it in any case.
-    _, i = _first_min(best_v, 0)
-    by_point |= (ranks == i) & (clusters[None, :] == best_k[i])
-    labels = jnp.where(jnp.any(by_point, axis=1), jnp.argmax(by_point, axis=1).astype(jnp.int32),
-                       labels)
-    return labels, counts + by_point.sum(0, dtype=jnp.int32)
+  def body(_, carry):
+    labels, n, values = carry
+    hit = values == jnp.min(values)
+    i = jnp.argmax(jnp.any(hit, axis=0))  # Smallest point, then smallest cluster.
+    k = jnp.argmax(hit[:, i]).astype(jnp.int32)
+    labels, n = labels.at[i].set(k), n.at[k].add(1)
+    values = values.at[:, i].set(jnp.inf)
+    row = jnp.where(labels < 0, by_cluster[k] + _penalty(n[k], costs.dtype), jnp.inf)
+    return labels, n, jax.lax.dynamic_update_slice(values, row[None], (k, jnp.int32(0)))
+
+  values = by_cluster + _penalty(counts, costs.dtype)[:, None]
+  labels, counts, _ = jax.lax.fori_loop(
+      0, batch, body, (jnp.full((batch,), -1, jnp.int32), counts, values))
+  return labels, counts, jnp.asarray(batch, jnp.int32)
+
+
+def _parallel(costs, counts):
+  """Rounds of rules 1 and 2 until every point is assigned: (labels, counts, rounds)."""
+  batch, num_clusters = costs.shape
+  head = min(batch, num_clusters)  # A tie run gives each cluster of T one point.
+  clusters = jnp.arange(num_clusters, dtype=jnp.int32)
+  points = jnp.arange(batch, dtype=jnp.int32)
+
+  def cluster_prefixes(free, counts, best_k, second_v, second_k):
+    """Rule 1: labels or -1.
+
+    Only a point's own best cluster can pass test (a), so cluster k's prefix is a run of the points
+    preferring k, in (cost, index) order, that stops at its blocker: the first free point in that
+    order that prefers another cluster. One sort by (best cluster, cost, index) ranks them all.
+    """
+    group = jnp.where(free, best_k, num_clusters)
+    own = jnp.take_along_axis(costs, best_k[:, None], 1)[:, 0]
+    s_group, s_own, s_point = jax.lax.sort((group, own, points), num_keys=2, is_stable=True)
+    other = jnp.where(free[:, None] & (clusters[None, :] != best_k[:, None]), costs, jnp.inf)
+    block_c, block_i = _first_min(other, 0)
+    above = jnp.min(jnp.where(other > block_c[None, :], other, jnp.inf), 0)  # Next larger cost.
+    k = jnp.minimum(s_group, num_clusters - 1)
+    block_c, block_i, above = block_c[k], block_i[k], above[k]
+    start = jnp.searchsorted(s_group, jnp.arange(num_clusters + 1, dtype=jnp.int32))
+    penalty = _penalty(counts[k] + points - start[k], costs.dtype)
+    candidate = s_own + penalty
+    rival_v, rival_k = second_v[s_point], second_k[s_point]
+    wins = (candidate < rival_v) | ((candidate == rival_v) & (k < rival_k))
+    before = (s_own < block_c) | ((s_own == block_c) & (s_point < block_i))
+    # The next larger free cost of the cluster: in the run, or among the points preferring others.
+    change = jnp.concatenate([s_own[1:] != s_own[:-1], jnp.ones((1,), bool)])
+    run_end = jax.lax.cummin(jnp.where(change, points, batch), reverse=True)
+    nxt = jnp.minimum(run_end + 1, batch - 1)
+    in_run = jnp.where((run_end < batch - 1) & (s_group[nxt] == s_group), s_own[nxt], jnp.inf)
+    next_cost = jnp.minimum(in_run, jnp.where(block_c > s_own, block_c, above))
+    ok = wins & before & (next_cost + penalty > candidate) & (s_group < num_clusters)
+    # Each cluster commits its points before its first failure, in (cost, index) order.
+    first_bad = jax.lax.cummin(jnp.where(ok, batch, points), reverse=True)
+    fail = jnp.minimum(first_bad[jnp.minimum(start[:-1], batch - 1)], batch - 1)
+    none = ~(s_group[fail] == clusters) | ok[fail]
+    stop_c = jnp.where(none, jnp.inf, s_own[fail])[best_k]
+    stop_i = jnp.where(none, batch, s_point[fail])[best_k]
+    return jnp.where(free & ((own < stop_c) | ((own == stop_c) & (points < stop_i))), best_k, -1).astype(jnp.int32)
+
+  def queue_runs(free, values, counts, best_v, best_k):
+    """Rule 2 on the first free points in (best value, index) order: labels or -1."""
+    # top_k puts equal values in index order; -0.0 and 0.0 must tie; assigned points (inf) last.
+    queue = jax.lax.top_k(jnp.where(best_v == 0, 0, -best_v), head)[1]
+    b = best_v[queue][:, None]
+    raised = costs[queue] + _penalty(counts + 1, costs.dtype)[None, :]
+    turn = jnp.arange(head)[:, None]
+    # Same tie set T as the first point: the r-th point takes the r-th cluster of T.
+    tied = values[queue] == b
+    first = tied[0]
+    taken = first[None, :] & (jnp.cumsum(first, dtype=jnp.int32)[None, :] <= turn)
+    ok = jnp.all(tied == first[None, :], 1) & jnp.all(~taken | (raised > b), 1) & free[queue]
+    same = jnp.minimum(jnp.where(jnp.all(ok), head, jnp.argmin(ok)), first.sum())
+    target = jnp.where(turn < same, jnp.nonzero(first, size=head, fill_value=0)[0][:, None], -1)
+    # Distinct best clusters: the r-th point takes its own best cluster.
+    k = best_k[queue][:, None]
+    claim = jnp.min(jnp.where(clusters[None, :] == k, turn, head), 0)  # First turn wanting k.
+    taken = claim[None, :] < turn
+    after = (raised > b) | ((raised == b) & (clusters[None, :] > k))
+    ok = (claim[k[:, 0]] == turn[:, 0]) & jnp.all(~taken | after, 1) & free[queue]
+    distinct = jnp.where(jnp.all(ok), head, jnp.argmin(ok))
+    queue, target = jax.lax.sort((queue, jnp.where(turn < distinct, k, target)[:, 0]), num_keys=1)
+    at = jnp.minimum(jnp.searchsorted(queue, points), head - 1)
+    return jnp.where(queue[at] == points, target[at], -1).astype(jnp.int32)
 
   def cond(carry):
     labels, _, rounds = carry
-    return jnp.any(labels < 0) & (rounds < batch)
+    return jnp.any(labels < 0) & (rounds < batch)  # Non-finite costs can stall; stop at B.
 
   def body(carry):
     labels, counts, rounds = carry
-    return (*one_round(labels, counts), rounds + 1)
+    free = labels < 0
+    values = jnp.where(free[:, None], costs + _penalty(counts, costs.dtype)[None], jnp.inf)
+    best_v, best_k = _first_min(values, 1)
+    second_v, second_k = _first_min(
+        jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values), 1)
+    new = jnp.maximum(cluster_prefixes(free, counts, best_k, second_v, second_k),
+                      queue_runs(free, values, counts, best_v, best_k))  # Equal where both set.
+    taken = jnp.bincount(jnp.where(new < 0, num_clusters, new), length=num_clusters + 1)
+    return jnp.where(new < 0, labels, new), counts + taken[:-1].astype(jnp.int32), rounds + 1
 
   labels = jnp.full((batch,), -1, jnp.int32)
   return jax.lax.while_loop(cond, body, (labels, counts, jnp.zeros((), jnp.int32)))
 
 
+@functools.partial(jax.jit, static_argnames=('impl',))
 def combination_assign_with_rounds(costs, counts=None, *, impl='parallel'):
-  """`combination_assign` plus the number of rounds (sequential: B steps) it took."""
-  counts = _check(costs, counts, impl)
-  costs = jnp.asarray(costs)
-  labels, counts, rounds = (_parallel if impl == 'parallel' else _sequential)(costs, counts)
+  """`combination_assign` plus the number of rounds it took (sequential: B steps)."""
+  if impl not in IMPLS:
+    raise ValueError(f'combination_assign: impl must be one of {IMPLS}, got {impl!r}')
+  costs, counts = _check(costs, counts, 'combination_assign')
+  if impl == 'parallel':
+    labels, counts, rounds = _parallel(costs, counts)
+  else:
+    labels, counts, rounds = _sequential(costs, counts)
   # Non-finite costs can leave points unassigned; the train step's guard reports them.
   return jnp.maximum(labels, 0), counts, rounds
 
@@ -146,8 +205,9 @@ def combination_assign(costs, counts=None, *, impl='parallel'):
   return labels, counts
 
 
+@jax.jit
 def argmin_assign(costs, counts=None):
   """Point-wise argmin labels (no regularisation), with the counts updated the same way."""
-  counts = _check(costs, counts, 'parallel')
+  costs, counts = _check(costs, counts, 'argmin_assign')
   labels = jnp.argmin(costs, axis=1).astype(jnp.int32)
-  return labels, counts + jnp.bincount(labels, length=jnp.shape(costs)[1]).astype(jnp.int32)
+  return labels, counts + jnp.bincount(labels, length=costs.shape[1]).astype(jnp.int32)

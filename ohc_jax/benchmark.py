@@ -138,6 +138,8 @@ def suite_scaling() -> dict:
 
 def main(argv):
   del argv
+  from ohc_jax import conv
+  conv.configure_xla_cpu()  # Before JAX starts its backend.
   import jax
   if _SUITE.value == 'scaling':
     jax.config.update('jax_num_cpu_devices', max(map(int, _DEVICES.value)))

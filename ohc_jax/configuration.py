@@ -6,11 +6,13 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from ohc_jax.clusters import COVARIANCES
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import METHODS
+from ohc_jax.methods import METHODS, SOFT_TRAIN_METHODS
 
-DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'stl10')
-ENCODERS = ('simp', 'mlp')
+DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'stl10', 'realdisp')
+PATH_DATASETS = ('vectors:', 'folder:')  # 'vectors:FILE.npz', 'folder:DIR' (one folder a class).
+ENCODERS = ('simp', 'mlp', 'conv1d', 'resnet18')
 PROTOCOLS = ('paper', 'holdout')
 ASSIGN_IMPLS = ('parallel', 'sequential')
 ASSIGNMENT_SCOPES = ('global', 'device')
@@ -23,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = 'cifar10'
   c.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR, else tfds's default.
   c.download = False
+  c.manual_dir = config_dict.placeholder(str)  # realdisp: folder with the UCI subjectN_ideal.log.
   c.protocol = 'paper'  # 'paper': train and evaluate on train+test; 'holdout': train/test.
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
   c.imbalance = 0  # 0-3: the reference's class keep-probabilities (see ohc_jax/imbalance.py).
@@ -37,6 +40,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = 'combination'
   c.assign_impl = 'parallel'
   c.keep_counts = False  # Carry cluster counts through the epoch (reference: --keep_scores).
+  c.soft_train = False  # Loss: mean_i sum_k softmax(-C_i)_k C[i,k] (reference: --soft_train).
+  c.warm_start = False  # Centroids = encodings of the first K training points (--warm_start).
+  c.constrained_eval = False  # Combination assignment at evaluation too, batch by batch.
+  c.covariance = 'fixed'  # 'fixed' (sigma I), 'learned_diagonal', 'estimated' (after each epoch).
+  c.probe_every = 0  # Linear and 10-NN probes on the encodings every N epochs (0: never).
   # Optimisation.
   c.batch_size = 256  # Global batch, over all devices and processes.
   c.eval_batch_size = 1024
@@ -73,10 +81,27 @@ def _choice(config, field: str, choices) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UsageError naming the first bad field and the fix."""
-  _choice(config, 'dataset', DATASETS)
+  dataset = config.dataset
+  _check(dataset in DATASETS or str(dataset).startswith(PATH_DATASETS),
+         f'unknown dataset {dataset!r}: use --config.dataset= one of {", ".join(DATASETS)}, '
+         f'vectors:FILE.npz (arrays x, y) or folder:DIR (one sub-folder of images per class)')
   _choice(config, 'encoder', ENCODERS)
   _choice(config, 'protocol', PROTOCOLS)
   _choice(config, 'method', METHODS)
+  _choice(config, 'covariance', COVARIANCES)
+  _check(not config.soft_train or config.method in SOFT_TRAIN_METHODS,
+         f'soft_train replaces the mean cost of the labels, but method {config.method!r} has a loss '
+         f'of its own: use soft_train with one of {", ".join(SOFT_TRAIN_METHODS)}')
+  sequences = dataset == 'realdisp'
+  _check(config.encoder != 'conv1d' or sequences,
+         f'encoder conv1d is for realdisp\'s sensor windows, not {dataset!r}: set --config.encoder=')
+  _check(not sequences or config.encoder in ('conv1d', 'mlp'),
+         f'realdisp\'s sensor windows need --config.encoder=conv1d (or mlp), not '
+         f'{config.encoder!r}')
+  _check(config.encoder == 'mlp' or not str(dataset).startswith('vectors:'),
+         f'vectors need --config.encoder=mlp, not {config.encoder!r}')
+  _check(config.protocol == 'paper' or not (sequences or str(dataset).startswith(PATH_DATASETS)),
+         f'{dataset} has no test split: use --config.protocol=paper')
   _choice(config, 'imbalance', (0, 1, 2, 3))
   _choice(config, 'prior_matching', ('hungarian', 'size'))
   _choice(config, 'assign_impl', ASSIGN_IMPLS)
@@ -84,7 +109,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
                      ('latent_dim', 1), ('num_epochs', 1), ('log_every_steps', 1),
                      ('checkpoint_every_steps', 0), ('keep_checkpoints', 1),
-                     ('plots_every_epochs', 0)):
+                     ('plots_every_epochs', 0), ('probe_every', 0)):
     _check(int(config[field]) >= low,
            f'{field} must be >= {low}, got {config[field]}: set --config.{field}=')
   for field in ('sigma', 'learning_rate'):

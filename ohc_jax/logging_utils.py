@@ -19,7 +19,7 @@ from typing import Optional
 
 # Epoch-record fields that are scalars worth a TensorBoard curve.
 _EPOCH_SCALARS = ('train_loss', 'train_images_per_s', 'acc', 'nmi', 'ari', 'kl_star',
-                  'num_nonempty')
+                  'num_nonempty', 'linear_probe_acc', 'knn_probe_acc')
 
 
 def _cut_jsonl(path: str, keep) -> None:

@@ -25,6 +25,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Training c
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}: use --config.FIELD=VALUE')
+  from ohc_jax import conv
+  conv.configure_xla_cpu()  # Before JAX starts its backend.
   from ohc_jax import train
   from ohc_jax.checkpoints import Interrupted
   from ohc_jax.errors import UsageError

@@ -45,12 +45,11 @@ def sinkhorn_plan(scores, marginals, *, hard=False, epsilon=SINKHORN_EPSILON,
                   iterations=SINKHORN_ITERATIONS):
   """SwAV's balanced transport plan (B, K) of `scores`: each point's row sums to 1 / B exactly
   (the last normalisation), each cluster's column to its entry of `marginals` (which sum to one)
-  approximately. `hard` mixes the hard argmax counts into the plan before balancing and subtracts
-  them after, as the reference does (scaled to the plan's mass)."""
+  approximately. `hard` mixes the hard argmax counts into the plan before balancing (weight 0.1 per
+  point, as the reference) and subtracts them after, scaled to the plan's mass (the reference
+  subtracts unit counts from a plan whose points weigh 1 / B)."""
   batch, num_clusters = scores.shape
-  # Per-point shifts cancel in the row normalisation; they keep exp() finite.
-  q = jnp.exp((scores - jnp.max(scores, axis=1, keepdims=True)) / epsilon)
-  q = q / jnp.sum(q)
+  q = jax.nn.softmax(scores / epsilon, axis=1)  # exp(scores / epsilon), each point's row to one.
   if hard:
     onehot = jax.nn.one_hot(jnp.argmax(q, axis=1), num_clusters, dtype=q.dtype)
     q = (q + HARD_SINKHORN_WEIGHT * onehot) / (1 + HARD_SINKHORN_WEIGHT)
@@ -126,20 +125,37 @@ def ckm(costs, counts, duals):
   return labels, _count(labels, counts), _mean_cost_of(costs, labels), duals
 
 
+def soft_loss(costs):
+  """`soft_train`: mean_i sum_k softmax(-C_i)_k C[i,k], the weights held constant (as the reference)."""
+  weights = jax.lax.stop_gradient(jax.nn.softmax(-costs, axis=1))
+  return jnp.mean(jnp.sum(weights * costs, axis=1))
+
+
 METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'entropy', 'entropy_reference',
            'variance', 'variance_improved', 'neural_gas', 'ckm')
+# The methods whose loss is the mean cost of the labels, which `soft_train` replaces.
+SOFT_TRAIN_METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'ckm')
 
 
 def make_method(config) -> MethodFn:
-  """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals)` for config.method."""
+  """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals)` for config.method, with
+  the loss replaced by `soft_loss` under config.soft_train."""
   name = config.method
   if name in ('sinkhorn', 'hard_sinkhorn'):
-    return lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=name == 'hard_sinkhorn')
-  if name == 'combination':
-    fn = lambda c, n, d: combination(c, n, d, impl=config.assign_impl)
-  elif name in ('variance', 'variance_improved'):
-    fn = lambda c, n, d: variance(c, n, d, improved=name == 'variance_improved')
+    method = lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=name == 'hard_sinkhorn')
   else:
-    fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
-          'neural_gas': neural_gas, 'ckm': ckm}[name]
-  return lambda c, n, d, p: fn(c, n, d)
+    if name == 'combination':
+      fn = lambda c, n, d: combination(c, n, d, impl=config.assign_impl)
+    elif name in ('variance', 'variance_improved'):
+      fn = lambda c, n, d: variance(c, n, d, improved=name == 'variance_improved')
+    else:
+      fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
+            'neural_gas': neural_gas, 'ckm': ckm}[name]
+    method = lambda c, n, d, p: fn(c, n, d)
+  if not config.soft_train:
+    return method
+
+  def soft(costs, counts, duals, log_prior):
+    labels, counts, _, duals = method(costs, counts, duals, log_prior)
+    return labels, counts, soft_loss(costs), duals
+  return soft

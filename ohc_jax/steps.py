@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ohc_jax import parallel
-from ohc_jax.clusters import cluster_costs
+from ohc_jax import assign, parallel
+from ohc_jax.clusters import param_costs
 from ohc_jax.models import preprocess
 
 
@@ -41,7 +41,7 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
     def loss_fn(params):
       z, new_vars = model.apply({'params': params['encoder'], 'batch_stats': state.batch_stats},
                                 x, train=True, mutable=['batch_stats'])
-      costs = cluster_costs(z, params['centroids'], config.sigma, state.log_prior)
+      costs = param_costs(z, params, config.sigma, state.log_prior)
       labels, counts, loss, duals = method(costs, counts_in, state.duals, state.log_prior)
       return loss, (labels, counts, duals, new_vars['batch_stats'], costs)
 
@@ -65,15 +65,24 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
 
 
 def make_eval_step(config, model, mesh, scale: float, offset: float):
-  """`(state, batch) -> {'cluster', 'cost', 'soft', 'z'}`: point-wise argmin, the paper's inference."""
+  """`(state, batch) -> {'cluster', 'cost', 'soft', 'z'}`: point-wise argmin, the paper's inference.
+
+  With config.constrained_eval also 'constrained': combination assignment of the batch's rows that
+  batch['valid'] marks (all when absent; the others are given the largest costs, so go last)."""
   def step(state, batch):
     x = preprocess(batch['image'], scale, offset)
     z = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
                     x, train=False)
-    costs = cluster_costs(z, state.params['centroids'], config.sigma, state.log_prior)
+    costs = param_costs(z, state.params, config.sigma, state.log_prior)
     cluster = jnp.argmin(costs, axis=1)
-    return {'cluster': cluster, 'cost': jnp.min(costs, axis=1),
-            'soft': jax.nn.softmax(-costs, axis=1), 'z': z}
+    out = {'cluster': cluster, 'cost': jnp.min(costs, axis=1),
+           'soft': jax.nn.softmax(-costs, axis=1), 'z': z}
+    if config.constrained_eval:
+      valid = batch.get('valid', jnp.ones(costs.shape[:1], bool))
+      # Padding costs more than any real pair plus its largest penalty, log(B + 1) < 100.
+      costs = jnp.where(valid[:, None], costs, jnp.max(costs) + 100.0)
+      out['constrained'] = assign.combination_assign(costs, impl=config.assign_impl)[0]
+    return out
 
   data = parallel.batch_sharded(mesh)
   return jax.jit(step, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)

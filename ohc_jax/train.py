@@ -12,8 +12,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from ohc_jax import (checkpoints, configuration, imbalance, input_pipeline, logging_utils, metrics,
-                     models, parallel, steps)
+from ohc_jax import (checkpoints, clusters, configuration, imbalance, input_pipeline, logging_utils,
+                     metrics, models, parallel, probes, steps)
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
@@ -30,15 +30,19 @@ def check_workdir(config, workdir: str, overwrite: bool) -> bool:
 
 
 def evaluate(eval_step, state, split, config, mesh) -> dict:
-  """Point-wise argmin labels over a split, gathered to every process as NumPy arrays."""
+  """Point-wise argmin labels over a split (combination assignment batch by batch with
+  config.constrained_eval), gathered to every process as NumPy arrays."""
   outputs = []
   for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
                                                   jax.process_index(), jax.process_count()):
     outputs.append((eval_step(state, parallel.to_global(batch, mesh)), valid))
   gathered = [(multihost_utils.process_allgather(out, tiled=True), valid)
               for out, valid in outputs]
-  return {key: np.concatenate([out[key][:valid] for out, valid in gathered])
-          for key in gathered[0][0]}
+  outputs = {key: np.concatenate([out[key][:valid] for out, valid in gathered])
+             for key in gathered[0][0]}
+  if 'constrained' in outputs:
+    outputs['cluster'] = outputs.pop('constrained')
+  return outputs
 
 
 def epoch_metrics(outputs: dict, split, log_prior) -> dict:
@@ -93,6 +97,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   train_step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
                                      data.offset)
   eval_step = steps.make_eval_step(config, model, mesh, data.scale, data.offset)
+  if config.warm_start and not resume:
+    state = _warm_start(config, model, state, data, rep)
   feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
                                   jax.process_index(), jax.process_count())
 
@@ -162,10 +168,20 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           log_prior = imbalance.matched_log_prior(data.prior, outputs['cluster'], data.eval.labels,
                                                   config.prior_matching)
           state = state.replace(log_prior=jax.device_put(log_prior, rep))
+        if config.covariance == 'estimated':  # From this evaluation's encodings and clusters.
+          precision, why = clusters.estimate_precisions(outputs['z'], outputs['cluster'],
+                                                        config.num_clusters, config.sigma)
+          if precision is None:
+            logging.warning('epoch %d: covariances not re-estimated: %s', epoch, why)
+          else:
+            state = state.replace(params={**state.params,
+                                          'precision': jax.device_put(precision, rep)})
         record = {'epoch': epoch, 'step': int(state.step), 'train_loss': train_loss,
                   'train_images_per_s': ((feed.steps_per_epoch - first) * config.batch_size /
                                          train_time),
                   **epoch_metrics(outputs, data.eval, log_prior)}
+        if config.probe_every and (epoch % config.probe_every == 0 or epoch == config.num_epochs):
+          record.update(probes.probe_accuracies(outputs['z'], data.eval.labels, config.seed))
         history.append(record)
         pos.cluster_to_class = metrics.hungarian_map(data.eval.labels, outputs['cluster'],
                                                      config.num_clusters).tolist()
@@ -201,6 +217,23 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
       json.dump(results, f, indent=2)
     os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
   return results
+
+
+def _warm_start(config, model, state, data, rep):
+  """Centroids := encodings of the first K points of the first batch, BatchNorm using that batch's
+  statistics as in training (the reference encodes them in eval mode, with BatchNorm's initial
+  running statistics, which puts all the centroids in a small region away from the training
+  encodings)."""
+  k = config.num_clusters
+  if len(data.train) < k:
+    raise UsageError(f'warm_start needs num_clusters={k} training points, the data has '
+                     f'{len(data.train)}: lower --config.num_clusters or drop warm_start')
+  first = input_pipeline.epoch_permutation(len(data.train), config.seed, 1)
+  x = models.preprocess(data.train.images[first[:max(k, config.batch_size)]], data.scale,
+                        data.offset)
+  z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
+                     train=True, mutable=['batch_stats'])
+  return state.replace(params={**state.params, 'centroids': jax.device_put(z[:k], rep)})
 
 
 def _write_cluster_map(workdir: str, pos, data) -> None:

@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ohc_jax import clusters
+
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: optimizer steps taken.
-  params: Any  # {'encoder': ..., 'centroids': (K, nz)}
+  params: Any  # {'encoder': ..., 'centroids': (K, nz)[, 'log_precision' or 'precision']}
   batch_stats: Any  # BatchNorm running statistics.
   opt_state: Any
   counts: jax.Array  # (K,) int32: points given to each cluster (this epoch, with keep_counts).
@@ -26,11 +28,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_train_state(config, model, tx, input_shape, rng) -> TrainState:
-  """Initial state: encoder from `model.init`, centroids drawn from N(0, 1), uniform prior."""
+  """Initial state: encoder from `model.init`, centroids drawn from N(0, 1), uniform prior, and the
+  precisions of config.covariance (clusters.covariance_params)."""
   enc_rng, centroid_rng = jax.random.split(rng)
   variables = model.init(enc_rng, jnp.zeros((2,) + tuple(input_shape), jnp.float32), train=False)
   centroids = jax.random.normal(centroid_rng, (config.num_clusters, config.latent_dim), jnp.float32)
-  params = {'encoder': variables['params'], 'centroids': centroids}
+  params = {'encoder': variables['params'], 'centroids': centroids,
+            **clusters.covariance_params(config)}
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,

@@ -1,0 +1,1 @@
+"""tfds builders for data sets that tfds does not ship."""
