@@ -27,7 +27,7 @@ import time
 import types
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 _REFERENCE_DIR = flags.DEFINE_string('reference_dir', os.environ.get('OHC_REFERENCE_DIR'),
                                      'Checkout of the PyTorch reference.')
@@ -308,6 +308,9 @@ def part_train(reference) -> list[dict]:
 
 def main(argv):
   del argv
+  from ohc_jax import conv
+  conv.configure_xla_cpu()  # Before JAX starts its backend.
+  logging.set_verbosity(logging.WARNING)
   if not _REFERENCE_DIR.value:
     sys.exit('error: pass --reference_dir (or set OHC_REFERENCE_DIR) to a checkout of the '
              'reference')
