@@ -4,6 +4,7 @@ stop_gradient(costs) and carry no gradient. `make_method` binds the options and 
 too (used by the Sinkhorn methods).
 """
 
+import math
 from typing import Callable
 
 import jax
@@ -135,6 +136,15 @@ METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'entropy', 'entro
            'variance', 'variance_improved', 'neural_gas', 'ckm')
 # The methods whose loss is the mean cost of the labels, which `soft_train` replaces.
 SOFT_TRAIN_METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'ckm')
+# The methods whose loss changes when every cost is shifted by one constant (the others' labels and
+# gradients do not), so that config.log_normaliser matters for them.
+SHIFT_DEPENDENT_METHODS = ('entropy_reference', 'variance', 'variance_improved', 'neural_gas')
+
+
+def log_normaliser(config) -> float:
+  """The constant the reference adds to every cost: the log-normaliser of its Gaussian,
+  -(nz / 2) log(sigma) (-294.7 for nz = 128, sigma = 100), or 0 without config.log_normaliser."""
+  return -0.5 * config.latent_dim * math.log(config.sigma) if config.log_normaliser else 0.0
 
 
 def make_method(config) -> MethodFn:
@@ -151,7 +161,8 @@ def make_method(config) -> MethodFn:
     else:
       fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
             'neural_gas': neural_gas, 'ckm': ckm}[name]
-    method = lambda c, n, d, p: fn(c, n, d)
+    shift = log_normaliser(config) if name in SHIFT_DEPENDENT_METHODS else 0.0
+    method = lambda c, n, d, p: fn(c + shift if shift else c, n, d)
   if not config.soft_train:
     return method
 

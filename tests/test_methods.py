@@ -69,3 +69,35 @@ def test_unknown_method_is_a_usage_error(digits_config):
   digits_config.method = 'kmeans++'
   with pytest.raises(UsageError, match='--config.method'):
     configuration.validate(digits_config)
+
+
+@pytest.mark.parametrize('name', methods.SHIFT_DEPENDENT_METHODS)
+def test_log_normaliser_shifts_the_costs_of_shift_dependent_methods(name, digits_config):
+  """The reference's costs carry -(nz/2) log(sigma); these losses see it, their labels do not."""
+  costs = jax.random.uniform(jax.random.key(0), (64, 10), minval=0.1, maxval=3.0)
+  zeros, counts = jnp.zeros(10), jnp.zeros(10, jnp.int32)
+  digits_config.method = name
+  shift = -0.5 * digits_config.latent_dim * np.log(digits_config.sigma)
+  assert methods.log_normaliser(digits_config) == pytest.approx(shift)
+  with_shift = methods.make_method(digits_config)(costs, counts, zeros, zeros)
+  digits_config.log_normaliser = False
+  without = methods.make_method(digits_config)(costs, counts, zeros, zeros)
+  np.testing.assert_array_equal(with_shift[0], without[0])
+  base = {'entropy_reference': methods.entropy_reference, 'neural_gas': methods.neural_gas,
+          'variance': methods.variance,
+          'variance_improved': lambda *a: methods.variance(*a, improved=True)}[name]
+  np.testing.assert_allclose(with_shift[2], base(costs + shift, counts, zeros)[2], rtol=1e-5)
+  np.testing.assert_allclose(without[2], base(costs, counts, zeros)[2], rtol=1e-5)
+  assert abs(float(with_shift[2]) - float(without[2])) > 1e-3
+
+
+def test_log_normaliser_leaves_shift_invariant_methods_alone(digits_config):
+  costs = jax.random.uniform(jax.random.key(1), (64, 10), minval=0.1, maxval=3.0)
+  zeros, counts = jnp.zeros(10), jnp.zeros(10, jnp.int32)
+  for name in set(methods.METHODS) - set(methods.SHIFT_DEPENDENT_METHODS):
+    digits_config.method, digits_config.log_normaliser = name, True
+    a = methods.make_method(digits_config)(costs, counts, zeros, zeros)
+    digits_config.log_normaliser = False
+    b = methods.make_method(digits_config)(costs, counts, zeros, zeros)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[2], b[2])
