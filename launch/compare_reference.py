@@ -38,6 +38,8 @@ _SUBSET = flags.DEFINE_integer('subset', 5000, 'Points of train+test used in par
 _TABLES = flags.DEFINE_integer('tables', 20, 'Cost tables for part (a).')
 _PARTS = flags.DEFINE_list('parts', ['assign', 'train'], 'Which parts to run.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
+_METHODS = flags.DEFINE_list('methods', ['combination', 'none'], 'Methods for part (b): any of '
+                             'combination, none, variance, entropy, sinkhorn, neural_gas.')
 
 # Reference's method flags (it has no working --ent / --ckm flags: its parser calls them --kl, and
 # --ckm is parsed but unused).
@@ -293,7 +295,10 @@ def train_ours(config, method: str, epochs: int) -> dict:
 def part_train(reference) -> list[dict]:
   config, data = _data(_DATASET.value, _DATA_DIR.value, _SUBSET.value)
   rows = []
-  for method in ('combination', 'none'):
+  unknown = sorted(set(_METHODS.value) - set(REFERENCE_METHODS))
+  if unknown:
+    sys.exit(f'error: --methods: unknown {unknown}; choose from {", ".join(REFERENCE_METHODS)}')
+  for method in _METHODS.value:
     rows.append({'implementation': 'reference', 'method': method,
                  **train_reference(reference, data, method, _EPOCHS.value)})
     rows.append({'implementation': 'ohc_jax', 'method': method,
