@@ -56,7 +56,9 @@ def collate(found: list[dict]) -> list[dict]:
            'seeds': len(group)}
     for which in ('final', 'best_nmi'):
       records = [run['results'][which] for run in group]
-      names = list(METRICS) + sorted(k for k in records[0] if 'probe' in k)
+      # Probes run only at some epochs, so a best-NMI epoch may lack them: columns all seeds have.
+      probed = set.intersection(*({k for k in r if 'probe' in k} for r in records))
+      names = list(METRICS) + sorted(probed)
       for name in names:
         row[f'{which}_{name}'] = _mean_std([r[name] for r in records])
       row[f'{which}_epoch'] = _mean_std([r['epoch'] for r in records])

@@ -24,7 +24,9 @@ import re
 import sys
 import tempfile
 import time
+import traceback
 import types
+import warnings
 
 import numpy as np
 from absl import app, flags, logging
@@ -271,14 +273,23 @@ def train_reference(reference, data, method: str, epochs: int) -> dict:
   net.train_one_epoch = timed
   out = io.StringIO()
   try:
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # Its probes' lbfgs ConvergenceWarnings, 10 lines each.
       net.train_epochs(epochs, dset, val_too=True)
-  except Exception as e:  # The reference's sinkhorn and entropy baselines crash.
-    return {'status': f'crashed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'}
+  except Exception as e:  # Several of the reference's baselines crash.
+    return {'status': crash_status(e)}
   found = dict(re.findall(r'Best ([\w* ]+?):\s*([-\d.]+)', out.getvalue()))
   return {'status': 'ok', 'acc': float(found['Acc']), 'nmi': float(found['NMI']),
           'ari': float(found['ARI']), 'kl_star': float(found['KL*']),
           'images_per_s': epochs * len(images) / epoch_time[0]}
+
+
+def crash_status(error: BaseException) -> str:
+  """'crashed: Type: first line of the message (file:line)', where it was raised."""
+  message = (str(error).splitlines() or [''])[0][:80]
+  where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+  place = f' ({os.path.basename(where[0].filename)}:{where[0].lineno})' if where else ''
+  return f'crashed: {type(error).__name__}' + (f': {message}' if message else '') + place
 
 
 def train_ours(config, method: str, epochs: int) -> dict:

@@ -50,6 +50,19 @@ def test_table_layout():
   assert lines[3] == '| ohc_jax | ok | 0.5000 | n/a |'
 
 
+def test_crash_status_names_the_error_and_where():
+  def fails(message):
+    raise AssertionError(message) if message is not None else AssertionError
+  for message, expect in [(None, 'crashed: AssertionError ('), ('bad\nmore', 'crashed: '
+                                                                'AssertionError: bad (')]:
+    with pytest.raises(AssertionError) as info:
+      fails(message)
+    status = compare_reference.crash_status(info.value)
+    assert status.startswith(expect) and 'more' not in status
+    assert status.endswith(f'(test_compare_reference.py:{fails.__code__.co_firstlineno + 1})')
+  assert compare_reference.crash_status(ValueError('x')) == 'crashed: ValueError: x'
+
+
 @pytest.mark.skipif(not os.environ.get('OHC_REFERENCE_DIR'),
                     reason='set OHC_REFERENCE_DIR to a checkout of the PyTorch reference '
                            '(and pip install -e .[reference]) to run it')

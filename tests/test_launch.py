@@ -68,6 +68,19 @@ def test_collate_means_stds_and_collapse_flag(sweep_dir):
   assert rows['none']['final_num_nonempty'][0] < rows['combination']['final_num_nonempty'][0]
 
 
+def test_collate_keeps_only_probe_columns_every_seed_has():
+  def run(seed, best_probe):
+    record = dict.fromkeys(collate.METRICS, float(seed))
+    best = {**record, 'epoch': 3 + seed, **({'knn_probe_acc': 0.5} if best_probe else {})}
+    return {'dir': f'run{seed}', 'config': {'dataset': 'digits', 'method': 'combination',
+                                            'protocol': 'paper', 'num_clusters': 10},
+            'results': {'final': {**record, 'epoch': 10, 'knn_probe_acc': 0.25 * (seed + 1)},
+                        'best_nmi': best}}
+  [row] = collate.collate([run(0, True), run(1, False)])
+  assert row['final_knn_probe_acc'] == (pytest.approx(0.375), pytest.approx(0.25 / math.sqrt(2)))
+  assert 'best_nmi_knn_probe_acc' not in row and row['best_nmi_epoch'][0] == 3.5
+
+
 def test_collate_writes_tables(sweep_dir):
   out = subprocess.run([sys.executable, 'launch/collate.py', str(sweep_dir)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
