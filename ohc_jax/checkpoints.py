@@ -19,9 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 from typing import Any, Optional
 
 from ohc_jax.errors import UsageError
@@ -46,16 +44,6 @@ RESUMABLE_FIELDS = frozenset({
 
 class CheckpointError(UsageError):
   """No usable checkpoint where one is needed."""
-
-
-class Interrupted(Exception):
-  """SIGTERM or SIGINT: a checkpoint was saved and the run stopped; rerunning resumes it."""
-
-  def __init__(self, signum: int, step: int, workdir: str):
-    self.signum, self.step = signum, step
-    self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them.
-    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved '
-                     f'in {os.path.join(workdir, CHECKPOINT_DIR)}; rerun the same command to resume')
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -432,119 +420,3 @@ def make_meta(config, pos: Position, *, steps_per_epoch: int, data, input_shape,
       'offset': float(data.offset),
       'config': _jsonable_config(config),
   }
-
-
-# ---------------------------------------------------------------------------------------------
-# SIGTERM / SIGINT.
-
-
-class StopOnSignal:
-  """Within the block, SIGTERM and SIGINT ask the loop to stop: `requested` turns true and the
-  loop saves a checkpoint and raises Interrupted. A second signal stops at once (KeyboardInterrupt).
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signum: Optional[int] = None
-    self._old = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for s in self.SIGNALS:
-        if signal.getsignal(s) is not signal.SIG_IGN:  # Ignored (e.g. nohup, `&`): left so.
-          self._old[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for s, old in self._old.items():
-      signal.signal(s, old)
-    self._old = {}
-    return False
-
-  def _handle(self, signum, frame):
-    if self.signum is not None:
-      raise KeyboardInterrupt
-    self.signum = signum
-    # os.write, not print: the handler may interrupt a print to stderr (the progress bar's).
-    os.write(2, f'\n{signal.Signals(signum).name}: saving a checkpoint after this step, then '
-                f'stopping (send it again to stop at once)\n'.encode())
-
-  @property
-  def requested(self) -> bool:
-    return self.signum is not None
-
-  def agreed(self) -> Optional[int]:
-    """The signal, if any process received one (a collective: call it on every process at the
-    same points of the loop). Single-process: no communication."""
-    import jax
-    if jax.process_count() == 1:
-      return self.signum
-    import numpy as np
-    from jax.experimental import multihost_utils
-    got = multihost_utils.process_allgather(np.int32(self.signum or 0))
-    got = [int(g) for g in np.ravel(got) if int(g)]
-    return got[0] if got else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a trained model (predict, report).
-
-
-@dataclasses.dataclass
-class Trained:
-  config: Any
-  meta: dict
-  state: Any
-  step: int
-  model: Any
-  mesh: Any
-  eval_step: Any
-
-
-def load_trained(workdir: str, *, step: Optional[int] = None, num_devices: int = 0,
-                 eval_batch_size: Optional[int] = None) -> Trained:
-  """The model of a workdir's latest usable checkpoint (or `step`), ready for point-wise inference
-  on every device. Raises UsageError if the workdir or its checkpoints are missing."""
-  if not os.path.isdir(workdir):
-    raise UsageError(f'--workdir={workdir} does not exist: name the workdir of a training run')
-  if not committed_steps(workdir):
-    raise CheckpointError(f'{workdir} holds no checkpoint ({checkpoint_dir(workdir)} is missing '
-                          f'or empty): train there first, python -m ohc_jax.main --workdir={workdir}')
-  import jax
-
-  from ohc_jax import configuration, models, parallel, steps
-  from ohc_jax.train_state import create_train_state, make_optimizer
-
-  ckpt = Checkpointer(workdir, read_only=True, lead=jax.process_index() == 0)
-  # The config and input description are in every checkpoint's meta; read the latest usable's.
-  meta = _read_meta_json(ckpt, step)
-  import ml_collections
-  config = ml_collections.ConfigDict({**configuration.base_config().to_dict(), **meta['config']})
-  config.num_devices = num_devices
-  n = num_devices or len(jax.devices())
-  batch = eval_batch_size or config.eval_batch_size
-  config.eval_batch_size = -(-batch // n) * n
-  config.batch_size = n  # Not used for inference; any multiple of n passes make_mesh.
-  mesh = parallel.make_mesh(config)
-  model = models.make_encoder(config)
-  tx = make_optimizer(config)
-  template = jax.device_put(
-      create_train_state(config, model, tx, tuple(meta['input_shape']), jax.random.key(0)),
-      parallel.replicated(mesh))
-  restored = ckpt.restore(template, step=step)
-  ckpt.close()
-  eval_step = steps.make_eval_step(config, model, mesh, restored.meta['scale'],
-                                   restored.meta['offset'])
-  return Trained(config, restored.meta, restored.state, restored.step, model, mesh, eval_step)
-
-
-def _read_meta_json(ckpt: Checkpointer, step: Optional[int]) -> dict:
-  """The meta item of the newest checkpoint whose meta reads (without restoring any array)."""
-  candidates = [step] if step is not None else sorted(ckpt.steps(), reverse=True)
-  for s in candidates:
-    meta = ckpt.read_meta(s)
-    if isinstance(meta, dict) and 'config' in meta and 'input_shape' in meta:
-      return meta
-  raise CheckpointError(f'no usable checkpoint in {ckpt.directory} (no readable meta item); '
-                        f'train there again with --overwrite')

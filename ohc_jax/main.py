@@ -28,8 +28,8 @@ def main(argv):
   from ohc_jax import conv
   conv.configure_xla_cpu()  # Before JAX starts its backend.
   from ohc_jax import train
-  from ohc_jax.checkpoints import Interrupted
   from ohc_jax.errors import UsageError
+  from ohc_jax.interrupts import Interrupted
   logging.set_verbosity(logging.WARNING)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)

@@ -220,9 +220,9 @@ def run(argv=None) -> int:
     if not (args.input.startswith('tfds:') or os.path.exists(args.input)):
       raise UsageError(f'--input={args.input} does not exist: give a folder of images, a .npy/'
                        f'.npz file or tfds:NAME:SPLIT')
-    from ohc_jax import checkpoints
-    trained = checkpoints.load_trained(args.workdir, step=args.step, num_devices=args.num_devices,
-                                       eval_batch_size=args.batch_size)
+    from ohc_jax.trained import load_trained
+    trained = load_trained(args.workdir, step=args.step, num_devices=args.num_devices,
+                           eval_batch_size=args.batch_size)
     meta = trained.meta
     expected = tuple(meta['input_shape'])
     names = class_names_of_clusters(meta)

@@ -12,8 +12,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from ohc_jax import (checkpoints, clusters, configuration, imbalance, input_pipeline, logging_utils,
-                     metrics, models, parallel, probes, steps)
+from ohc_jax import (checkpoints, clusters, configuration, imbalance, input_pipeline, interrupts,
+                     logging_utils, metrics, models, parallel, probes, steps)
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
@@ -69,7 +69,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
 
   Checkpoints go to WORKDIR/checkpoints every config.checkpoint_every_steps steps and at each
   epoch's end; an unfinished run in workdir is resumed from its latest usable checkpoint, exactly
-  (checkpoints.py). SIGTERM or SIGINT saves a checkpoint and raises checkpoints.Interrupted.
+  (checkpoints.py). SIGTERM or SIGINT saves a checkpoint and raises interrupts.Interrupted.
   """
   configuration.validate(config)
   resume = check_workdir(config, workdir, overwrite)
@@ -124,7 +124,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         input_shape=data.train.images.shape[1:], input_dtype=data.train.images.dtype))
 
   try:
-    with checkpoints.StopOnSignal() as stop:
+    with interrupts.StopOnSignal() as stop:
       for epoch in range(pos.epoch, config.num_epochs + 1):
         first = pos.step_in_epoch if epoch == pos.epoch else 0  # > 0: resuming mid-epoch.
         if first == 0:
@@ -157,7 +157,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           if done < feed.steps_per_epoch and (signum or (every and global_step % every == 0)):
             save(epoch, done, loss_sum)
             if signum:
-              raise checkpoints.Interrupted(signum, global_step, workdir)
+              raise interrupts.Interrupted(signum, global_step, workdir)
         _raise_if_bad(state)
         train_loss = float(loss_sum) / feed.steps_per_epoch
         train_time = time.time() - start
@@ -198,7 +198,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
             _make_plots(workdir, config, state, history, outputs, data)
         signum = stop.agreed()
         if signum and epoch < config.num_epochs:
-          raise checkpoints.Interrupted(signum, record['step'], workdir)
+          raise interrupts.Interrupted(signum, record['step'], workdir)
   except NonFiniteError as e:
     ckpt.wait()
     last = ckpt.latest_step()

@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from ohc_jax import checkpoints, configuration, steps, train
+from ohc_jax import checkpoints, configuration, interrupts, steps, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
+from ohc_jax.trained import load_trained
 
 REPO = os.path.dirname(CONFIG_DIR)
 
@@ -207,7 +208,7 @@ def test_injected_nan_stops_naming_the_step_and_last_checkpoint_restores(tmp_pat
   assert 'at step 10' in str(e.value) and 'last good checkpoint is step 8' in str(e.value)
   assert checkpoints.committed_steps(work) == [4, 8]
   assert not (work / 'results.json').exists()
-  trained = checkpoints.load_trained(str(work))
+  trained = load_trained(str(work))
   assert trained.step == 8 and int(trained.state.bad_step) == -1
   for leaf in jax.tree.leaves(trained.state.params):
     assert np.all(np.isfinite(np.asarray(leaf)))
@@ -235,7 +236,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_then_resumes_exactly(finished, tmp
   work = tmp_path / 'run'
   handler = signal.getsignal(signal.SIGTERM)
   _signal_at(monkeypatch, 19, signal.SIGTERM)  # During epoch 2.
-  with pytest.raises(checkpoints.Interrupted) as e:
+  with pytest.raises(interrupts.Interrupted) as e:
     train.train_and_evaluate(_digits(**_CONFIG), str(work))
   assert e.value.exit_code == 143 and e.value.step == 19
   assert 'rerun the same command to resume' in str(e.value)

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import assign, checkpoints, clusters, input_pipeline, methods, models, parallel, steps, train
+from ohc_jax import assign, clusters, input_pipeline, methods, models, parallel, steps, train
 from ohc_jax.errors import UsageError
 from ohc_jax.train_state import create_train_state, make_optimizer
+from ohc_jax.trained import load_trained
 
 
 def _state(config):
@@ -124,7 +125,7 @@ def test_estimated_covariance_run_reestimates_after_each_epoch(digits_config, tm
   records = _records(str(tmp_path))
   assert len(records) == 2 and all(np.isfinite(r['nmi']) for r in records)
   assert records[-1]['num_nonempty'] >= 5  # The Mahalanobis costs still give a spread.
-  precision = np.asarray(checkpoints.load_trained(str(tmp_path)).state.params['precision'])
+  precision = np.asarray(load_trained(str(tmp_path)).state.params['precision'])
   initial = np.eye(8) / digits_config.sigma
   assert precision.shape == (10, 8, 8) and np.abs(precision - initial).max() > 1e-4
   np.testing.assert_allclose(precision, precision.transpose(0, 2, 1), atol=1e-6)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ohc_jax import checkpoints, configuration, input_pipeline, predict, train
+from ohc_jax import configuration, input_pipeline, predict, train
 from ohc_jax.configuration import CONFIG_DIR
+from ohc_jax.trained import load_trained
 
 REPO = os.path.dirname(CONFIG_DIR)
 N = 50
@@ -34,7 +35,7 @@ def run(tmp_path_factory):
     Image.fromarray(image[..., 0]).save(folder / ('sub' if i >= 40 else '') / f'{i:03d}.png')
   np.savez(root / 'images.npz', images=images)
   np.save(root / 'images.npy', images[..., 0])  # (N, 8, 8): the channel axis may be left out.
-  trained = checkpoints.load_trained(str(workdir))
+  trained = load_trained(str(workdir))
   split = input_pipeline.Split(images, np.zeros(N, np.int64))
   reference = train.evaluate(trained.eval_step, trained.state, split, trained.config, trained.mesh)
   return {'workdir': workdir, 'root': root, 'folder': folder, 'reference': reference,

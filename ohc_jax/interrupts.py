@@ -1,0 +1,68 @@
+"""SIGTERM and SIGINT during training: `StopOnSignal` asks the loop to stop; the loop saves a
+checkpoint and raises `Interrupted`."""
+
+import os
+import signal
+import threading
+from typing import Optional
+
+from ohc_jax.checkpoints import checkpoint_dir
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT: a checkpoint was saved and the run stopped; rerunning resumes it."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    self.signum, self.step = signum, step
+    self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them.
+    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved '
+                     f'in {checkpoint_dir(workdir)}; rerun the same command to resume')
+
+
+class StopOnSignal:
+  """Within the block, SIGTERM and SIGINT ask the loop to stop: `requested` turns true and the
+  loop saves a checkpoint and raises Interrupted. A second signal stops at once (KeyboardInterrupt).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:  # Ignored (e.g. nohup, `&`): left so.
+          self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, old in self._old.items():
+      signal.signal(s, old)
+    self._old = {}
+    return False
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+    # os.write, not print: the handler may interrupt a print to stderr (the progress bar's).
+    os.write(2, f'\n{signal.Signals(signum).name}: saving a checkpoint after this step, then '
+                f'stopping (send it again to stop at once)\n'.encode())
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
+
+  def agreed(self) -> Optional[int]:
+    """The signal, if any process received one (a collective: call it on every process at the
+    same points of the loop). Single-process: no communication."""
+    import jax
+    if jax.process_count() == 1:
+      return self.signum
+    import numpy as np
+    from jax.experimental import multihost_utils
+    got = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    got = [int(g) for g in np.ravel(got) if int(g)]
+    return got[0] if got else None
