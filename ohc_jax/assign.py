@@ -36,8 +36,11 @@ only have risen -- the same pair stays the smallest, with the same tie-break. Tw
    the same point), and points whose best clusters are all distinct. Every round commits at least
    the global minimum pair.
 
-A round costs O(B K) elementwise work and reductions plus two sorts and a top_k of B keys. Rounds
-gather and sort, never scatter: XLA's SPMD pass mis-partitioned scatters into point-sharded arrays.
+A round costs four passes over the B x K table (best, second best, blockers, the value table they
+share), a top_k and a one-key integer sort of the points before their blockers (at most
+max(2K, 128) in most rounds), and a top_k of K; the index of a blocker and the rival cluster of a
+tie are computed only in rounds that have such ties. Rounds gather and sort, never scatter: XLA's
+SPMD pass mis-partitioned scatters into point-sharded arrays.
 """
 
 import functools
@@ -70,10 +73,30 @@ def _penalty(n, dtype):
   return jnp.log1p(n.astype(dtype))
 
 
-def _first_min(values, axis):
-  """(min, index of its first occurrence) along `axis`: cheaper on XLA:CPU than argmin."""
-  low = jnp.min(values, axis=axis, keepdims=True)
-  return jnp.squeeze(low, axis), jnp.argmax(values == low, axis=axis).astype(jnp.int32)
+def _first(hit, axis):
+  """Index of the first True along `axis` (the last index if none).
+
+  A float min over an iota: XLA:CPU reduces it faster than argmax, exactly up to 2**24 entries.
+  """
+  size = hit.shape[axis]
+  if size > 2**24:
+    return jnp.argmax(hit, axis=axis).astype(jnp.int32)
+  iota = jax.lax.broadcasted_iota(jnp.float32, hit.shape, axis)
+  return jnp.minimum(jnp.min(jnp.where(hit, iota, size), axis=axis), size - 1).astype(jnp.int32)
+
+
+def _smallest(values, size):
+  """Indices of the `size` smallest values in (value, index) order; -0.0 and 0.0 tie.
+
+  top_k has a fast XLA:CPU path for float32 only, so other dtypes are first replaced by their exact
+  ranks (an integer sort of their order-preserving bit patterns), which float32 holds exactly.
+  """
+  values = jnp.where(values == 0, 0, values)
+  if values.dtype != jnp.float32:
+    bits = jax.lax.bitcast_convert_type(values, jnp.dtype(f'int{8 * values.dtype.itemsize}'))
+    key = jnp.where(bits < 0, bits ^ jnp.iinfo(bits.dtype).max, bits)
+    values = jnp.searchsorted(jnp.sort(key), key).astype(jnp.float32)
+  return jax.lax.top_k(-values, size)[1]
 
 
 def _sequential(costs, counts):
@@ -101,49 +124,76 @@ def _parallel(costs, counts):
   """Rounds of rules 1 and 2 until every point is assigned: (labels, counts, rounds)."""
   batch, num_clusters = costs.shape
   head = min(batch, num_clusters)  # A tie run gives each cluster of T one point.
+  few = min(batch, max(2 * num_clusters, 128))  # Points before their blockers, in most rounds.
   clusters = jnp.arange(num_clusters, dtype=jnp.int32)
   points = jnp.arange(batch, dtype=jnp.int32)
 
-  def cluster_prefixes(free, counts, best_k, second_v, second_k):
+  def cluster_prefixes(free, values, counts, best_k, second_v):
     """Rule 1: labels or -1.
 
     Only a point's own best cluster can pass test (a), so cluster k's prefix is a run of the points
     preferring k, in (cost, index) order, that stops at its blocker: the first free point in that
-    order that prefers another cluster. One sort by (best cluster, cost, index) ranks them all.
+    order that prefers another cluster. Ranking the points before their blockers by (best cluster,
+    cost, index) ranks every prefix at once.
     """
-    group = jnp.where(free, best_k, num_clusters)
     own = jnp.take_along_axis(costs, best_k[:, None], 1)[:, 0]
-    s_group, s_own, s_point = jax.lax.sort((group, own, points), num_keys=2, is_stable=True)
     other = jnp.where(free[:, None] & (clusters[None, :] != best_k[:, None]), costs, jnp.inf)
-    block_c, block_i = _first_min(other, 0)
-    above = jnp.min(jnp.where(other > block_c[None, :], other, jnp.inf), 0)  # Next larger cost.
-    k = jnp.minimum(s_group, num_clusters - 1)
-    block_c, block_i, above = block_c[k], block_i[k], above[k]
-    start = jnp.searchsorted(s_group, jnp.arange(num_clusters + 1, dtype=jnp.int32))
-    penalty = _penalty(counts[k] + points - start[k], costs.dtype)
-    candidate = s_own + penalty
-    rival_v, rival_k = second_v[s_point], second_k[s_point]
-    wins = (candidate < rival_v) | ((candidate == rival_v) & (k < rival_k))
-    before = (s_own < block_c) | ((s_own == block_c) & (s_point < block_i))
-    # The next larger free cost of the cluster: in the run, or among the points preferring others.
-    change = jnp.concatenate([s_own[1:] != s_own[:-1], jnp.ones((1,), bool)])
-    run_end = jax.lax.cummin(jnp.where(change, points, batch), reverse=True)
-    nxt = jnp.minimum(run_end + 1, batch - 1)
-    in_run = jnp.where((run_end < batch - 1) & (s_group[nxt] == s_group), s_own[nxt], jnp.inf)
-    next_cost = jnp.minimum(in_run, jnp.where(block_c > s_own, block_c, above))
-    ok = wins & before & (next_cost + penalty > candidate) & (s_group < num_clusters)
-    # Each cluster commits its points before its first failure, in (cost, index) order.
-    first_bad = jax.lax.cummin(jnp.where(ok, batch, points), reverse=True)
-    fail = jnp.minimum(first_bad[jnp.minimum(start[:-1], batch - 1)], batch - 1)
-    none = ~(s_group[fail] == clusters) | ok[fail]
-    stop_c = jnp.where(none, jnp.inf, s_own[fail])[best_k]
-    stop_i = jnp.where(none, batch, s_point[fail])[best_k]
-    return jnp.where(free & ((own < stop_c) | ((own == stop_c) & (points < stop_i))), best_k, -1).astype(jnp.int32)
+    block = jnp.min(other, 0)
+
+    def blocker_ties():  # The blocker's index, and the next larger cost after it.
+      return _first(other == block[None, :], 0), jnp.min(
+          jnp.where(other > block[None, :], other, jnp.inf), 0)
+
+    block_i, above = jax.lax.cond(jnp.any(free & (own == block[best_k])), blocker_ties,
+                                  lambda: (jnp.full((num_clusters,), batch, jnp.int32), block))
+    before = free & ((own < block[best_k]) | ((own == block[best_k]) & (points < block_i[best_k])))
+    key = jnp.where(before, own, jnp.inf)
+
+    def stops(size):
+      """Each cluster's first failing point as (cost, index), ranking the first `size` points."""
+      slots = jnp.arange(size, dtype=jnp.int32)
+      order = _smallest(key, size)  # The points before blockers first, in (cost, index) order.
+      ranked = jnp.sort(jnp.where(before[order], best_k[order], num_clusters) * size + slots)
+      s_group, s_point = ranked // size, order[ranked % size]
+      s_own = own[s_point]
+      k = jnp.minimum(s_group, num_clusters - 1)
+      start = jnp.searchsorted(s_group, jnp.arange(num_clusters + 1, dtype=jnp.int32))
+      penalty = _penalty(counts[k] + slots - start[k], costs.dtype)
+      candidate = s_own + penalty
+      rival_v = second_v[s_point]
+      tie = (candidate == rival_v) & (s_group < num_clusters)
+
+      def tie_break():  # k wins a tie if it comes before the rival cluster.
+        rival = jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values)
+        return k < _first(rival == second_v[:, None], 1)[s_point]
+
+      wins = (candidate < rival_v) | (tie & jax.lax.cond(jnp.any(tie), tie_break,
+                                                         lambda: jnp.zeros((size,), bool)))
+      # The next larger free cost of the cluster: in the run, or among the points preferring others.
+      change = jnp.concatenate([s_own[1:] != s_own[:-1], jnp.ones((1,), bool)])
+      run_end = jax.lax.cummin(jnp.where(change, slots, size), reverse=True)
+      nxt = jnp.minimum(run_end + 1, size - 1)
+      in_run = jnp.where((run_end < size - 1) & (s_group[nxt] == s_group), s_own[nxt], jnp.inf)
+      next_cost = jnp.minimum(in_run, jnp.where(block[k] > s_own, block[k], above[k]))
+      ok = wins & (next_cost + penalty > candidate) & (s_group < num_clusters)
+      # Each cluster commits its points before its first failure, in (cost, index) order.
+      first_bad = jax.lax.cummin(jnp.where(ok, size, slots), reverse=True)
+      fail = jnp.minimum(first_bad[jnp.minimum(start[:-1], size - 1)], size - 1)
+      none = ~(s_group[fail] == clusters) | ok[fail]
+      return jnp.where(none, jnp.inf, s_own[fail]), jnp.where(none, batch, s_point[fail])
+
+    if few < batch:  # Rank `few` points when that covers them all: top_k of B costs a full sort.
+      stop_c, stop_i = jax.lax.cond(jnp.sum(before) <= few, lambda: stops(few),
+                                    lambda: stops(batch))
+    else:
+      stop_c, stop_i = stops(batch)
+    stop_c, stop_i = stop_c[best_k], stop_i[best_k]
+    commit = before & ((own < stop_c) | ((own == stop_c) & (points < stop_i)))
+    return jnp.where(commit, best_k, -1).astype(jnp.int32)
 
   def queue_runs(free, values, counts, best_v, best_k):
     """Rule 2 on the first free points in (best value, index) order: labels or -1."""
-    # top_k puts equal values in index order; -0.0 and 0.0 must tie; assigned points (inf) last.
-    queue = jax.lax.top_k(jnp.where(best_v == 0, 0, -best_v), head)[1]
+    queue = _smallest(best_v, head)  # Assigned points (inf) last.
     b = best_v[queue][:, None]
     raised = costs[queue] + _penalty(counts + 1, costs.dtype)[None, :]
     turn = jnp.arange(head)[:, None]
@@ -173,10 +223,10 @@ def _parallel(costs, counts):
     labels, counts, rounds = carry
     free = labels < 0
     values = jnp.where(free[:, None], costs + _penalty(counts, costs.dtype)[None], jnp.inf)
-    best_v, best_k = _first_min(values, 1)
-    second_v, second_k = _first_min(
-        jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values), 1)
-    new = jnp.maximum(cluster_prefixes(free, counts, best_k, second_v, second_k),
+    best_v = jnp.min(values, 1)
+    best_k = _first(values == best_v[:, None], 1)
+    second_v = jnp.min(jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values), 1)
+    new = jnp.maximum(cluster_prefixes(free, values, counts, best_k, second_v),
                       queue_runs(free, values, counts, best_v, best_k))  # Equal where both set.
     taken = jnp.bincount(jnp.where(new < 0, num_clusters, new), length=num_clusters + 1)
     return jnp.where(new < 0, labels, new), counts + taken[:-1].astype(jnp.int32), rounds + 1

@@ -105,6 +105,41 @@ def test_property_parallel_equals_sequential(seed, kind, batch, num_clusters, wi
     np.testing.assert_array_equal(np.asarray(labels_p), expected)
 
 
+def _points_before_blockers(costs):
+  """How many points precede, in their best cluster's (cost, index) order, every point that prefers
+  another cluster: the points rule 1 ranks in the first round."""
+  best = costs.argmin(1)
+  other = np.where(best[:, None] != np.arange(costs.shape[1])[None], costs, np.inf)
+  return int(np.sum(costs[np.arange(len(costs)), best] < other.min(0)[best]))
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_many_points_before_their_blockers(dtype):
+  """Rule 1 ranks up to max(2K, 128) points with a short top_k, and all B when more are before
+  their blockers. Here all 600 are: 400 cheap points prefer cluster 0 by far, and 200 dearer ones
+  prefer cluster 2 by a margin of 2, which the penalty overtakes after a few intakes, so cluster 2's
+  prefix must stop although none of its points is among the 128 cheapest."""
+  rng = np.random.default_rng(4)
+  costs = np.full((600, 3), 100.0)
+  costs[:400, 0] = rng.uniform(0, 1, 400)
+  costs[400:, 2] = 5 + rng.uniform(0, 1, 200)
+  costs[400:, :2] = costs[400:, 2:] + 2
+  costs = costs.astype(dtype)
+  assert _points_before_blockers(costs) == 600
+  with jax.enable_x64(dtype == np.float64):
+    assert_all_agree(costs)
+
+
+def test_signed_zeros_tie():
+  """-0.0 and 0.0 are equal costs: the smaller index goes first, whatever the sign."""
+  costs = np.zeros((64, 4), np.float32)
+  costs[::3] = -0.0
+  costs[1::5, 2] = -1.0
+  for dtype in (np.float32, np.float64):
+    with jax.enable_x64(dtype == np.float64):
+      assert_all_agree(costs.astype(dtype))
+
+
 def test_round_count_on_realistic_tables():
   costs = jnp.asarray(table('blobs', np.random.default_rng(3), 1024, 100))
   _, _, rounds = _parallel(costs, jnp.zeros(100, jnp.int32))
