@@ -25,8 +25,8 @@ only have risen -- the same pair stays the smallest, with the same tie-break. Tw
        prefer the smaller index.
    Each cluster commits its longest prefix passing both. Only a point's best cluster can pass (a),
    so the prefix consists of points preferring k and ends, at the latest, at k's blocker: its first
-   free point in that order preferring another cluster. One sort of the free points by (best
-   cluster, cost, index) ranks every prefix at once.
+   free point in that order preferring another cluster. Ranking the points before their blockers
+   by (best cluster, cost, index) ranks every prefix at once.
 2. Queue runs. Order the free points by (best value, index): the first is the definition's next
    step, and so is each following one while its best pair is untouched by the clusters the run has
    taken, and those clusters, one point heavier, now value it strictly above its best (or equal
@@ -38,7 +38,7 @@ only have risen -- the same pair stays the smallest, with the same tie-break. Tw
 
 A round costs four passes over the B x K table (best, second best, blockers, the value table they
 share), a top_k and a one-key integer sort of the points before their blockers (at most
-max(2K, 128) in most rounds), and a top_k of K; the index of a blocker and the rival cluster of a
+max(2K, 128) in most rounds), and a top_k of min(B, K); the index of a blocker and the rival cluster of a
 tie are computed only in rounds that have such ties. Rounds gather and sort, never scatter: XLA's
 SPMD pass mis-partitioned scatters into point-sharded arrays.
 """
