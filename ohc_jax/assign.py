@@ -120,13 +120,22 @@ def _sequential(costs, counts):
   return labels, counts, jnp.asarray(batch, jnp.int32)
 
 
-def _parallel(costs, counts):
-  """Rounds of rules 1 and 2 until every point is assigned: (labels, counts, rounds)."""
+def _parallel(costs, counts, shortcuts):
+  """Rounds of rules 1 and 2 until every point is assigned: (labels, counts, rounds).
+
+  With `shortcuts`, work that only tied tables or crowded rounds need runs under lax.cond, in just
+  the rounds that need it: a saving on XLA:CPU. Without, it runs in every round, giving the same
+  labels: XLA:GPU's conditional thunk copies its predicate to the host and waits for it.
+  """
   batch, num_clusters = costs.shape
   head = min(batch, num_clusters)  # A tie run gives each cluster of T one point.
   few = min(batch, max(2 * num_clusters, 128))  # Points before their blockers, in most rounds.
   clusters = jnp.arange(num_clusters, dtype=jnp.int32)
   points = jnp.arange(batch, dtype=jnp.int32)
+
+  def when(pred, needed, otherwise):
+    """needed(), or with `shortcuts` where pred is false otherwise(), which then equals it."""
+    return jax.lax.cond(pred, needed, otherwise) if shortcuts else needed()
 
   def cluster_prefixes(free, values, counts, best_k, second_v):
     """Rule 1: labels or -1.
@@ -144,8 +153,8 @@ def _parallel(costs, counts):
       return _first(other == block[None, :], 0), jnp.min(
           jnp.where(other > block[None, :], other, jnp.inf), 0)
 
-    block_i, above = jax.lax.cond(jnp.any(free & (own == block[best_k])), blocker_ties,
-                                  lambda: (jnp.full((num_clusters,), batch, jnp.int32), block))
+    block_i, above = when(jnp.any(free & (own == block[best_k])), blocker_ties,
+                          lambda: (jnp.full((num_clusters,), batch, jnp.int32), block))
     before = free & ((own < block[best_k]) | ((own == block[best_k]) & (points < block_i[best_k])))
     key = jnp.where(before, own, jnp.inf)
 
@@ -167,8 +176,8 @@ def _parallel(costs, counts):
         rival = jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values)
         return k < _first(rival == second_v[:, None], 1)[s_point]
 
-      wins = (candidate < rival_v) | (tie & jax.lax.cond(jnp.any(tie), tie_break,
-                                                         lambda: jnp.zeros((size,), bool)))
+      wins = (candidate < rival_v) | (tie & when(jnp.any(tie), tie_break,
+                                                 lambda: jnp.zeros((size,), bool)))
       # The next larger free cost of the cluster: in the run, or among the points preferring others.
       change = jnp.concatenate([s_own[1:] != s_own[:-1], jnp.ones((1,), bool)])
       run_end = jax.lax.cummin(jnp.where(change, slots, size), reverse=True)
@@ -182,11 +191,9 @@ def _parallel(costs, counts):
       none = ~(s_group[fail] == clusters) | ok[fail]
       return jnp.where(none, jnp.inf, s_own[fail]), jnp.where(none, batch, s_point[fail])
 
-    if few < batch:  # Rank `few` points when that covers them all: top_k of B costs a full sort.
-      stop_c, stop_i = jax.lax.cond(jnp.sum(before) <= few, lambda: stops(few),
-                                    lambda: stops(batch))
-    else:
-      stop_c, stop_i = stops(batch)
+    # Rank `few` points when that covers them all: top_k of B costs a full sort.
+    stop_c, stop_i = (when(jnp.sum(before) > few, lambda: stops(batch), lambda: stops(few))
+                      if few < batch else stops(batch))
     stop_c, stop_i = stop_c[best_k], stop_i[best_k]
     commit = before & ((own < stop_c) | ((own == stop_c) & (points < stop_i)))
     return jnp.where(commit, best_k, -1).astype(jnp.int32)
@@ -242,7 +249,7 @@ def combination_assign_with_rounds(costs, counts=None, *, impl='parallel'):
     raise ValueError(f'combination_assign: impl must be one of {IMPLS}, got {impl!r}')
   costs, counts = _check(costs, counts, 'combination_assign')
   if impl == 'parallel':
-    labels, counts, rounds = _parallel(costs, counts)
+    labels, counts, rounds = _parallel(costs, counts, jax.default_backend() == 'cpu')
   else:
     labels, counts, rounds = _sequential(costs, counts)
   # Non-finite costs can leave points unassigned; the train step's guard reports them.

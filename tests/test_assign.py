@@ -130,6 +130,20 @@ def test_many_points_before_their_blockers(dtype):
     assert_all_agree(costs)
 
 
+@pytest.mark.parametrize('kind', ['normal', 'integer', 'equal', 'blobs'])
+def test_without_shortcuts(kind):
+  """Off the CPU the tie and crowded-round work runs every round instead of under lax.cond: the
+  same labels, counts and rounds."""
+  costs = jnp.asarray(table(kind, np.random.default_rng(5), 300, 10))
+  counts = jnp.zeros(10, jnp.int32)
+  plain = jax.jit(lambda c, n: assign._parallel(c, n, shortcuts=False))(costs, counts)
+  short = jax.jit(lambda c, n: assign._parallel(c, n, shortcuts=True))(costs, counts)
+  expected, expected_counts = definition(np.asarray(costs))
+  np.testing.assert_array_equal(np.asarray(plain[0]), expected)
+  np.testing.assert_array_equal(np.asarray(plain[1]), expected_counts)
+  assert int(plain[2]) == int(short[2])
+
+
 def test_signed_zeros_tie():
   """-0.0 and 0.0 are equal costs: the smaller index goes first, whatever the sign."""
   costs = np.zeros((64, 4), np.float32)
