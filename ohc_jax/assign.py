@@ -128,6 +128,9 @@ def _parallel(costs, counts, shortcuts):
   labels: XLA:GPU's conditional thunk copies its predicate to the host and waits for it.
   """
   batch, num_clusters = costs.shape
+  if batch > 2**24 or batch * (num_clusters + 1) >= 2**31:  # Ranks in float32, keys in int32.
+    raise ValueError(f'combination_assign: impl="parallel" takes at most 2**24 points and B x (K + '
+                     f'1) below 2**31, got costs of shape {costs.shape}: use impl="sequential"')
   head = min(batch, num_clusters)  # A tie run gives each cluster of T one point.
   few = min(batch, max(2 * num_clusters, 128))  # Points before their blockers, in most rounds.
   clusters = jnp.arange(num_clusters, dtype=jnp.int32)

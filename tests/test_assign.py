@@ -199,3 +199,12 @@ def test_argmin_assign():
 def test_bad_input(costs, kwargs, error, match):
   with pytest.raises(error, match=match):
     assign.combination_assign(costs, **kwargs)
+
+
+def test_parallel_size_limit_is_a_clear_error():
+  """Ranks are held in float32 and sort keys in int32: larger tables are refused at trace time."""
+  too_big = jax.ShapeDtypeStruct((2**16, 2**15), jnp.float32)  # Traced only, never allocated.
+  with pytest.raises(ValueError, match='impl="sequential"'):
+    jax.eval_shape(assign.combination_assign, too_big)
+  labels = jax.eval_shape(lambda c: assign.combination_assign(c, impl='sequential'), too_big)[0]
+  assert labels.shape == (2**16,)
