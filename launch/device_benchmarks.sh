@@ -15,7 +15,8 @@ if compgen -G '.whl/*.whl' >/dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+backend=$(python3 -c 'import jax; print(jax.default_backend())')
 python3 -c 'import jax; print("devices:", jax.devices())'
 for suite in assign train; do
-  python3 -m ohc_jax.benchmark --suite="$suite" --out="$out/$suite-$(python3 -c 'import jax; print(jax.default_backend())').json" "$@"
+  python3 -m ohc_jax.benchmark --suite="$suite" --out="$out/$suite-$backend.json" "$@"
 done

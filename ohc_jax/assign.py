@@ -38,8 +38,8 @@ only have risen -- the same pair stays the smallest, with the same tie-break. Tw
 
 A round costs four passes over the B x K table (best, second best, blockers, the value table they
 share), a top_k and a one-key integer sort of the points before their blockers (at most
-max(2K, 128) in most rounds), and a top_k of min(B, K); the index of a blocker and the rival cluster of a
-tie are computed only in rounds that have such ties. Rounds gather and sort, never scatter: XLA's
+max(2K, 128) in most rounds), and a top_k of min(B, K); the index of a blocker and the rival
+cluster of a tie are computed only in rounds that have such ties. Rounds gather and sort, never scatter: XLA's
 SPMD pass mis-partitioned scatters into point-sharded arrays.
 """
 
@@ -140,7 +140,7 @@ def _parallel(costs, counts, shortcuts):
     """needed(), or with `shortcuts` where pred is false otherwise(), which then equals it."""
     return jax.lax.cond(pred, needed, otherwise) if shortcuts else needed()
 
-  def cluster_prefixes(free, values, counts, best_k, second_v):
+  def cluster_prefixes(free, rival, counts, best_k, second_v):
     """Rule 1: labels or -1.
 
     Only a point's own best cluster can pass test (a), so cluster k's prefix is a run of the points
@@ -176,7 +176,6 @@ def _parallel(costs, counts, shortcuts):
       tie = (candidate == rival_v) & (s_group < num_clusters)
 
       def tie_break():  # k wins a tie if it comes before the rival cluster.
-        rival = jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values)
         return k < _first(rival == second_v[:, None], 1)[s_point]
 
       wins = (candidate < rival_v) | (tie & when(jnp.any(tie), tie_break,
@@ -235,8 +234,9 @@ def _parallel(costs, counts, shortcuts):
     values = jnp.where(free[:, None], costs + _penalty(counts, costs.dtype)[None], jnp.inf)
     best_v = jnp.min(values, 1)
     best_k = _first(values == best_v[:, None], 1)
-    second_v = jnp.min(jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values), 1)
-    new = jnp.maximum(cluster_prefixes(free, values, counts, best_k, second_v),
+    rival = jnp.where(clusters[None, :] == best_k[:, None], jnp.inf, values)  # Best masked out.
+    second_v = jnp.min(rival, 1)
+    new = jnp.maximum(cluster_prefixes(free, rival, counts, best_k, second_v),
                       queue_runs(free, values, counts, best_v, best_k))  # Equal where both set.
     taken = jnp.bincount(jnp.where(new < 0, num_clusters, new), length=num_clusters + 1)
     return jnp.where(new < 0, labels, new), counts + taken[:-1].astype(jnp.int32), rounds + 1
