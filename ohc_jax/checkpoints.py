@@ -1,4 +1,4 @@
-"""Checkpoints of a run (Orbax) and the workdir rules: start afresh, resume, refuse, overwrite.
+"""Checkpoints of a run (Orbax); the rules for a run's workdir are in workdir.py.
 
 A checkpoint is a directory `WORKDIR/checkpoints/<step>/` written by Orbax's `CheckpointManager`
 (atomically: into a temporary directory renamed on commit) with two items:
@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 from typing import Any, Optional
 
@@ -27,20 +26,6 @@ from ohc_jax.errors import UsageError
 CHECKPOINT_DIR = 'checkpoints'
 QUARANTINE_DIR = 'corrupt_checkpoints'  # Unusable checkpoints are moved here, never deleted.
 DIGEST = 'ohc_digest.json'
-
-# What a training run writes into its workdir; --overwrite removes these and nothing else.
-OUTPUTS = ('config.json', 'metrics.jsonl', 'steps.jsonl', 'results.json', 'cluster_map.json',
-           CHECKPOINT_DIR, QUARANTINE_DIR, 'plots', 'tensorboard')
-
-# Config fields that may change when a run is resumed: they change how the run is operated, logged
-# or evaluated, not what it trains. (num_epochs: a run can be extended.) Every other field must be
-# equal, or the run is refused.
-RESUMABLE_FIELDS = frozenset({
-    'num_epochs', 'data_dir', 'download', 'eval_batch_size', 'assign_impl', 'num_devices',
-    'distributed', 'coordinator_address', 'num_processes', 'process_id', 'log_every_steps',
-    'progress_bar', 'checkpoint_every_steps', 'keep_checkpoints', 'plots_every_epochs',
-})
-
 
 class CheckpointError(UsageError):
   """No usable checkpoint where one is needed."""
@@ -59,81 +44,8 @@ def committed_steps(workdir: str) -> list[int]:
                 if name.isdigit() and os.path.isdir(os.path.join(root, name)))
 
 
-# ---------------------------------------------------------------------------------------------
-# The workdir rules.
-
-
-def _jsonable_config(config) -> dict:
+def jsonable_config(config) -> dict:
   return json.loads(config.to_json_best_effort())
-
-
-def differing_fields(saved: dict, config) -> list[str]:
-  """'field (saved -> new)' for every field, other than RESUMABLE_FIELDS, whose value differs.
-
-  A field the saved run does not know about (added to the code since) differs only if it is not at
-  its default value.
-  """
-  from ohc_jax.configuration import base_config
-  new = _jsonable_config(config)
-  defaults = _jsonable_config(base_config())
-  out = []
-  for field in sorted(set(saved) | set(new)):
-    if field in RESUMABLE_FIELDS or field not in new:
-      continue
-    if field not in saved:
-      if field in defaults and new[field] == defaults[field]:
-        continue
-      out.append(f'{field} (absent -> {new[field]!r})')
-    elif saved[field] != new[field]:
-      out.append(f'{field} ({saved[field]!r} -> {new[field]!r})')
-  return out
-
-
-def refuse_if_config_differs(saved: dict, config, workdir: str) -> None:
-  differ = differing_fields(saved, config)
-  if differ:
-    raise UsageError(f'cannot resume the run in {workdir}: the config differs in '
-                     f'{", ".join(differ)}; use the run\'s values to resume it, choose another '
-                     f'--workdir, or pass --overwrite to start afresh')
-
-
-def check_workdir(config, workdir: str, overwrite: bool) -> bool:
-  """Decides what to do with the workdir, reading files only (safe before JAX starts).
-
-  Returns True to resume (an unfinished run with checkpoints, same config but RESUMABLE_FIELDS),
-  False to start afresh (no run there, a run without checkpoints, or overwrite). Raises UsageError
-  for a finished run (results.json) without overwrite, or a config that differs.
-  """
-  if not workdir:
-    raise UsageError('--workdir is empty: name a directory for the run')
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UsageError(f'--workdir={workdir} is a file, not a directory: choose another --workdir')
-  if overwrite:
-    return False
-  if os.path.exists(os.path.join(workdir, 'results.json')):
-    raise UsageError(f'{workdir} already holds a finished run (results.json): choose another '
-                     f'--workdir, or pass --overwrite to replace it')
-  if not committed_steps(workdir):
-    return False
-  path = os.path.join(workdir, 'config.json')
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError):
-    saved = None  # Compared after restoring, with the config saved in the checkpoint.
-  if saved is not None:
-    refuse_if_config_differs(saved, config, workdir)
-  return True
-
-
-def clear_outputs(workdir: str) -> None:
-  """--overwrite: removes what a run wrote into the workdir (OUTPUTS), nothing else."""
-  for name in OUTPUTS:
-    path = os.path.join(workdir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,5 +330,5 @@ def make_meta(config, pos: Position, *, steps_per_epoch: int, data, input_shape,
       'input_dtype': str(input_dtype),
       'scale': float(data.scale),
       'offset': float(data.offset),
-      'config': _jsonable_config(config),
+      'config': jsonable_config(config),
   }

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ohc_jax import (checkpoints, clusters, configuration, imbalance, input_pipeline, interrupts,
                      logging_utils, metrics, models, parallel, probes, steps)
+from ohc_jax import workdir as workdir_rules
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
@@ -21,12 +22,6 @@ from ohc_jax.train_state import create_train_state, make_optimizer
 
 class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss, cost or gradient."""
-
-
-def check_workdir(config, workdir: str, overwrite: bool) -> bool:
-  """True to resume the unfinished run in workdir; False to start afresh; UsageError to refuse (a
-  finished run without --overwrite, or a config that differs): see checkpoints.check_workdir."""
-  return checkpoints.check_workdir(config, workdir, overwrite)
 
 
 def evaluate(eval_step, state, split, config, mesh) -> dict:
@@ -69,10 +64,11 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
 
   Checkpoints go to WORKDIR/checkpoints every config.checkpoint_every_steps steps and at each
   epoch's end; an unfinished run in workdir is resumed from its latest usable checkpoint, exactly
-  (checkpoints.py). SIGTERM or SIGINT saves a checkpoint and raises interrupts.Interrupted.
+  (checkpoints.py; workdir.py decides between resuming, starting afresh and refusing). SIGTERM or
+  SIGINT saves a checkpoint and raises interrupts.Interrupted.
   """
   configuration.validate(config)
-  resume = check_workdir(config, workdir, overwrite)
+  resume = workdir_rules.check_workdir(config, workdir, overwrite)
   parallel.maybe_initialize_distributed(config)
   mesh = parallel.make_mesh(config)
   data = input_pipeline.load(config)
@@ -82,7 +78,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   lead = jax.process_index() == 0
   if lead:
     if overwrite:
-      checkpoints.clear_outputs(workdir)
+      workdir_rules.clear_outputs(workdir)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -106,7 +102,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   pos = checkpoints.Position()
   if resume:
     restored = ckpt.restore(state, quarantine=True)
-    checkpoints.refuse_if_config_differs(restored.meta['config'], config, workdir)
+    workdir_rules.refuse_if_config_differs(restored.meta['config'], config, workdir)
     state, pos = restored.state, checkpoints.Position.from_meta(restored.meta,
                                                                 feed.steps_per_epoch)
     if lead:
