@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ('parallel', 'sequential')
+HANDOVER_RATE = 4  # Pairs a round must commit on average; a round costs a few sequential steps.
 
 
 def _check(costs, counts, name):
@@ -99,29 +100,34 @@ def _smallest(values, size):
   return jax.lax.top_k(-values, size)[1]
 
 
-def _sequential(costs, counts):
-  """The definition, one pair per step; the value table is kept cluster-major and updated."""
+def _sequential(costs, counts, labels=None):
+  """The definition, one pair per step, from `labels` (-1: free) on; the value table is kept
+  cluster-major and updated. (labels, counts, steps)."""
   batch, _ = costs.shape
   by_cluster = costs.T
+  labels = jnp.full((batch,), -1, jnp.int32) if labels is None else labels
 
   def body(_, carry):
     labels, n, values = carry
-    hit = values == jnp.min(values)
+    hit = values == jnp.nanmin(values)
     i = jnp.argmax(jnp.any(hit, axis=0))  # Smallest point, then smallest cluster.
     k = jnp.argmax(hit[:, i]).astype(jnp.int32)
     labels, n = labels.at[i].set(k), n.at[k].add(1)
-    values = values.at[:, i].set(jnp.inf)
-    row = jnp.where(labels < 0, by_cluster[k] + _penalty(n[k], costs.dtype), jnp.inf)
+    values = values.at[:, i].set(jnp.nan)  # Taken: never equal to the minimum of the free values.
+    row = jnp.where(labels < 0, by_cluster[k] + _penalty(n[k], costs.dtype), jnp.nan)
     return labels, n, jax.lax.dynamic_update_slice(values, row[None], (k, jnp.int32(0)))
 
-  values = by_cluster + _penalty(counts, costs.dtype)[:, None]
-  labels, counts, _ = jax.lax.fori_loop(
-      0, batch, body, (jnp.full((batch,), -1, jnp.int32), counts, values))
-  return labels, counts, jnp.asarray(batch, jnp.int32)
+  values = jnp.where(labels[None, :] < 0, by_cluster + _penalty(counts, costs.dtype)[:, None],
+                     jnp.nan)
+  steps = jnp.sum(labels < 0, dtype=jnp.int32)
+  labels, counts, _ = jax.lax.fori_loop(0, steps, body, (labels, counts, values))
+  return labels, counts, steps
 
 
-def _parallel(costs, counts, shortcuts):
-  """Rounds of rules 1 and 2 until every point is assigned: (labels, counts, rounds).
+def _parallel(costs, counts, shortcuts, handover_rate=HANDOVER_RATE):
+  """Rounds of rules 1 and 2, then the sequential loop for the points left when the rounds have
+  committed fewer than `handover_rate` pairs a round on average: (labels, counts, rounds plus
+  sequential steps).
 
   With `shortcuts`, work that only tied tables or crowded rounds need runs under lax.cond, in just
   the rounds that need it: a saving on XLA:CPU. Without, it runs in every round, giving the same
@@ -152,9 +158,9 @@ def _parallel(costs, counts, shortcuts):
     other = jnp.where(free[:, None] & (clusters[None, :] != best_k[:, None]), costs, jnp.inf)
     block = jnp.min(other, 0)
 
-    def blocker_ties():  # The blocker's index, and the next larger cost after it.
-      return _first(other == block[None, :], 0), jnp.min(
-          jnp.where(other > block[None, :], other, jnp.inf), 0)
+    def blocker_ties():  # The blocker's index, and the next larger free cost of the whole column.
+      column = jnp.where(free[:, None] & (costs > block[None, :]), costs, jnp.inf)
+      return _first(other == block[None, :], 0), jnp.min(column, 0)
 
     block_i, above = when(jnp.any(free & (own == block[best_k])), blocker_ties,
                           lambda: (jnp.full((num_clusters,), batch, jnp.int32), block))
@@ -225,11 +231,11 @@ def _parallel(costs, counts, shortcuts):
     return jnp.where(queue[at] == points, target[at], -1).astype(jnp.int32)
 
   def cond(carry):
-    labels, _, rounds = carry
-    return jnp.any(labels < 0) & (rounds < batch)  # Non-finite costs can stall; stop at B.
+    labels, _, rounds, committed, last = carry  # A round that commits nothing hands over too.
+    return jnp.any(labels < 0) & (last > 0) & (committed >= handover_rate * rounds)
 
   def body(carry):
-    labels, counts, rounds = carry
+    labels, counts, rounds, committed, _ = carry
     free = labels < 0
     values = jnp.where(free[:, None], costs + _penalty(counts, costs.dtype)[None], jnp.inf)
     best_v = jnp.min(values, 1)
@@ -238,11 +244,17 @@ def _parallel(costs, counts, shortcuts):
     second_v = jnp.min(rival, 1)
     new = jnp.maximum(cluster_prefixes(free, rival, counts, best_k, second_v),
                       queue_runs(free, values, counts, best_v, best_k))  # Equal where both set.
-    taken = jnp.bincount(jnp.where(new < 0, num_clusters, new), length=num_clusters + 1)
-    return jnp.where(new < 0, labels, new), counts + taken[:-1].astype(jnp.int32), rounds + 1
+    taken = jnp.bincount(jnp.where(new < 0, num_clusters, new),
+                         length=num_clusters + 1).astype(jnp.int32)
+    return (jnp.where(new < 0, labels, new), counts + taken[:-1], rounds + 1,
+            committed + batch - taken[-1], batch - taken[-1])
 
   labels = jnp.full((batch,), -1, jnp.int32)
-  return jax.lax.while_loop(cond, body, (labels, counts, jnp.zeros((), jnp.int32)))
+  zero = jnp.zeros((), jnp.int32)
+  labels, counts, rounds, _, _ = jax.lax.while_loop(cond, body,
+                                                    (labels, counts, zero, zero, zero + 1))
+  labels, counts, steps = _sequential(costs, counts, labels)
+  return labels, counts, rounds + steps
 
 
 @functools.partial(jax.jit, static_argnames=('impl',))
@@ -251,12 +263,10 @@ def combination_assign_with_rounds(costs, counts=None, *, impl='parallel'):
   if impl not in IMPLS:
     raise ValueError(f'combination_assign: impl must be one of {IMPLS}, got {impl!r}')
   costs, counts = _check(costs, counts, 'combination_assign')
+  costs = jnp.where(jnp.isnan(costs), jnp.inf, costs)  # NaN is taken as +inf, by both impls.
   if impl == 'parallel':
-    labels, counts, rounds = _parallel(costs, counts, jax.default_backend() == 'cpu')
-  else:
-    labels, counts, rounds = _sequential(costs, counts)
-  # Non-finite costs can leave points unassigned; the train step's guard reports them.
-  return jnp.maximum(labels, 0), counts, rounds
+    return _parallel(costs, counts, jax.default_backend() == 'cpu')
+  return _sequential(costs, counts)
 
 
 def combination_assign(costs, counts=None, *, impl='parallel'):

@@ -3,6 +3,7 @@ r"""Benchmarks that print and save (JSON) their figures.
   python -m ohc_jax.benchmark                  # --suite=train: simp encoder, CIFAR-10-shaped batches
   python -m ohc_jax.benchmark --suite=assign   # sequential vs parallel combination assignment
       [--assign_batch_sizes=256,1024,4096 --assign_num_clusters=10,100,1000]
+      [--table_config=configs/cifar10.py --config_data_dir=../shared/data/tfds --table_epochs=3]
   python -m ohc_jax.benchmark --suite=scaling  # train-step images/s on 1, 2, 4, 8 devices
 """
 
@@ -25,6 +26,12 @@ _ASSIGN_B = flags.DEFINE_list('assign_batch_sizes', ['256', '1024', '4096'],
                               'Batch sizes B for --suite=assign.')
 _ASSIGN_K = flags.DEFINE_list('assign_num_clusters', ['10', '100', '1000'],
                               'Cluster counts K for --suite=assign.')
+_TABLE_CONFIG = flags.DEFINE_string(
+    'table_config', None, '--suite=assign also times the cost tables of a real training run of '
+    'this config file (default: configs/default.py, the embedded digits).')
+_TABLE_DATA_DIR = flags.DEFINE_string('config_data_dir', None, 'data_dir for --table_config.')
+_TABLE_EPOCHS = flags.DEFINE_integer('table_epochs', 3, 'Epochs of that run; its tables are taken '
+                                     'at initialisation, in epoch 1 and in the last epoch.')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts for --suite=scaling '
                              '(simulated on the CPU).')
 
@@ -80,23 +87,85 @@ def _blob_costs(batch_size: int, num_clusters: int, seed: int = 0):
   return (sq / 10).astype(np.float32)
 
 
-def assignment_ms(batch_size: int, num_clusters: int, repeats: int, impl='parallel',
-                  calls: int = 20) -> tuple[float, int]:
-  """(milliseconds per jitted combination assignment of a realistic table, rounds it took)."""
+def _ms_per_call(fn, tables, repeats, calls):
+  """Median over `repeats` of the mean milliseconds of fn over `calls` passes through `tables`."""
   import jax
-  import jax.numpy as jnp
-  from ohc_jax import assign
-  costs = jnp.asarray(_blob_costs(batch_size, num_clusters))
-  fn = jax.jit(lambda c: assign.combination_assign_with_rounds(c, impl=impl))
-  rounds = int(fn(costs)[2])
+  jax.block_until_ready(fn(tables[0]))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(calls):
-      out = fn(costs)
+      out = [fn(t) for t in tables]
     jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / calls)
-  return 1e3 * statistics.median(times), rounds
+    times.append((time.perf_counter() - start) / (calls * len(tables)))
+  return 1e3 * statistics.median(times)
+
+
+def _assign_fn(impl, handover=True):
+  import jax
+  from ohc_jax import assign
+  if handover:
+    return jax.jit(lambda c: assign.combination_assign_with_rounds(c, impl=impl))
+  return jax.jit(lambda c: assign._parallel(c, jax.numpy.zeros(c.shape[1], 'int32'),
+                                            jax.default_backend() == 'cpu', handover_rate=0))
+
+
+def assignment_ms(batch_size: int, num_clusters: int, repeats: int, impl='parallel',
+                  calls: int = 20) -> tuple[float, int]:
+  """(milliseconds per jitted combination assignment of a realistic table, rounds it took)."""
+  import jax.numpy as jnp
+  costs = jnp.asarray(_blob_costs(batch_size, num_clusters))
+  fn = _assign_fn(impl)
+  return _ms_per_call(fn, [costs], repeats, calls), int(fn(costs)[2])
+
+
+def staircase(batch_size: int, num_clusters: int):
+  """C[i, k] = i 1e-3 + k 1e-2: the rounds' worst case, one pair a round without the hand-over."""
+  import numpy as np
+  i, k = np.meshgrid(np.arange(batch_size), np.arange(num_clusters), indexing='ij')
+  return (i * 1e-3 + k * 1e-2).astype(np.float32)
+
+
+def training_tables(config, epochs: int) -> dict:
+  """Cost tables of real training batches: {'init': (1, B, K), 'epoch 1': (S, B, K), 'epoch N':
+  ...}, taken by the train step's own forward pass just before each step."""
+  import jax
+  import numpy as np
+  from ohc_jax import input_pipeline, models, parallel
+  from ohc_jax import steps as steps_lib
+  from ohc_jax.clusters import param_costs
+  from ohc_jax.methods import make_method
+  from ohc_jax.train_state import create_train_state, make_optimizer
+  config.update(num_devices=1, num_epochs=epochs)
+  mesh = parallel.make_mesh(config)
+  data = input_pipeline.load(config)
+  model, tx = models.make_encoder(config), make_optimizer(config)
+  state = jax.device_put(create_train_state(config, model, tx, data.train.images.shape[1:],
+                                            jax.random.key(config.seed)), parallel.replicated(mesh))
+  step = steps_lib.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
+                                   data.offset)
+
+  @jax.jit
+  def costs_of(state, images):
+    z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
+                       models.preprocess(images, data.scale, data.offset), train=True,
+                       mutable=['batch_stats'])
+    return param_costs(z, state.params, config.sigma, state.log_prior)
+
+  feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed)
+  tables = {}
+  for epoch in range(1, epochs + 1):
+    taken = []
+    for batch in feed.epoch(epoch):
+      batch = parallel.to_global(batch, mesh)
+      if epoch in (1, epochs):
+        taken.append(np.asarray(costs_of(state, batch['image'])))
+      state, _ = step(state, batch)
+    if epoch == 1:
+      tables['init'] = taken[:1]
+    if taken:
+      tables[f'epoch {epoch}'] = taken
+  return {name: np.stack(t) for name, t in tables.items()}
 
 
 def suite_train() -> dict:
@@ -118,6 +187,9 @@ def suite_train() -> dict:
 
 
 def suite_assign() -> dict:
+  import jax.numpy as jnp
+  import numpy as np
+  from ohc_jax import configuration
   rows = []
   print(f'{"B":>5} {"K":>5} {"sequential ms":>14} {"parallel ms":>12} {"rounds":>7} {"speed-up":>9}')
   for batch in map(int, _ASSIGN_B.value):
@@ -132,7 +204,42 @@ def suite_assign() -> dict:
                    'speedup': seq / par})
       print(f'{batch:5d} {num_clusters:5d} {seq:14.3f} {par:12.3f} {rounds:7d} {seq / par:8.1f}x',
             flush=True)
-  return {'rows': rows}
+  print('worst case, a staircase table (one pair a round): ms per call')
+  print(f'{"B":>5} {"K":>5} {"sequential":>11} {"parallel":>9} {"rounds":>7} {"no hand-over":>13} '
+        f'{"rounds":>7}')
+  worst = []
+  for batch, num_clusters in ((256, 10), (1024, 100)):
+    costs = jnp.asarray(staircase(batch, num_clusters))
+    seq = _ms_per_call(_assign_fn('sequential'), [costs], _REPEATS.value, 3)
+    par = _ms_per_call(_assign_fn('parallel'), [costs], _REPEATS.value, 3)
+    alone = _ms_per_call(_assign_fn('parallel', handover=False), [costs], _REPEATS.value, 3)
+    rounds = int(_assign_fn('parallel')(costs)[2])
+    alone_rounds = int(_assign_fn('parallel', handover=False)(costs)[2])
+    worst.append({'batch_size': batch, 'num_clusters': num_clusters, 'sequential_ms': seq,
+                  'parallel_ms': par, 'parallel_iterations': rounds,
+                  'rounds_without_handover_ms': alone, 'rounds_without_handover': alone_rounds})
+    print(f'{batch:5d} {num_clusters:5d} {seq:11.3f} {par:9.3f} {rounds:7d} {alone:13.3f} '
+          f'{alone_rounds:7d}', flush=True)
+  config = configuration.from_file(_TABLE_CONFIG.value or
+                                   os.path.join(configuration.CONFIG_DIR, 'default.py'))
+  if _TABLE_DATA_DIR.value:
+    config.data_dir = _TABLE_DATA_DIR.value
+  print(f'tables of a real training run ({config.dataset}, B={config.batch_size}, '
+        f'K={config.num_clusters}, {_TABLE_EPOCHS.value} epochs): per table')
+  print(f'{"stage":>10} {"tables":>7} {"rounds median":>14} {"max":>5} {"parallel ms":>12} '
+        f'{"sequential ms":>14}')
+  real = []
+  for stage, tables in training_tables(config, _TABLE_EPOCHS.value).items():
+    rounds = [int(_assign_fn('parallel')(t)[2]) for t in tables]
+    timed = list(tables[:20])  # The sequential loop is slow: time at most 20 tables a stage.
+    par = _ms_per_call(_assign_fn('parallel'), timed, _REPEATS.value, 1)
+    seq = _ms_per_call(_assign_fn('sequential'), timed, _REPEATS.value, 1)
+    real.append({'stage': stage, 'tables': len(tables), 'rounds_median': float(np.median(rounds)),
+                 'rounds_max': max(rounds), 'parallel_ms': par, 'sequential_ms': seq})
+    print(f'{stage:>10} {len(tables):7d} {np.median(rounds):14.1f} {max(rounds):5d} {par:12.3f} '
+          f'{seq:14.3f}', flush=True)
+  return {'rows': rows, 'worst_case': worst, 'training_tables': real,
+          'training_config': config.to_dict()}
 
 
 def suite_scaling() -> dict:

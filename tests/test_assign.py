@@ -7,22 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ohc_jax import assign
-
-
-def definition(costs, counts=None):
-  """The definition, literally: take the cheapest unassigned pair, assign it, increment n_k."""
-  batch, num_clusters = costs.shape
-  n = np.zeros(num_clusters, np.int64) if counts is None else np.array(counts, np.int64)
-  labels = np.full(batch, -1, np.int64)
-  # The penalties log(n + 1) as XLA rounds them, so that near-ties compare the same floats.
-  penalty = np.asarray(jnp.log1p(jnp.arange(n.max() + batch + 1).astype(costs.dtype)))
-  for _ in range(batch):
-    values = costs + penalty[n][None, :]
-    values[labels >= 0] = np.inf
-    i, k = divmod(int(np.argmin(values)), num_clusters)  # Row-major: smallest i, then k.
-    labels[i] = k
-    n[k] += 1
-  return labels, n
+from assign_tables import definition
 
 
 _parallel = jax.jit(lambda c, n: assign.combination_assign_with_rounds(c, n, impl='parallel'))
