@@ -20,9 +20,11 @@ only have risen -- the same pair stays the smallest, with the same tie-break. Tw
        (j_r, k) stays below every (j_r, k'): strictly if k' < k, possibly tied if k' > k, where the
        tie-break picks k. Commits of other clusters only raise their values, which widens the
        margin, and no point can pass (a) for two clusters; and
-   (b) the next larger free cost of k's column stays strictly above V_r at the same penalty:
-       rounding can make cost + penalty equal for unequal costs, and the definition would then
-       prefer the smaller index.
+   (b) the next larger free cost of k's whole column stays strictly above V_r at the same
+       penalty: rounding can make cost + penalty equal for unequal costs, and the definition would
+       then prefer the smaller index. Below the blocker's cost that next cost is the next point in
+       k's run or the blocker itself; at the blocker's cost it is the smallest larger free cost of
+       the column, whichever cluster its point prefers.
    Each cluster commits its longest prefix passing both. Only a point's best cluster can pass (a),
    so the prefix consists of points preferring k and ends, at the latest, at k's blocker: its first
    free point in that order preferring another cluster. Ranking the points before their blockers
@@ -35,6 +37,16 @@ only have risen -- the same pair stays the smallest, with the same tie-break. Tw
    min(B, K) pairs per round this way; rule 1 commits one there, as every cluster's first choice is
    the same point), and points whose best clusters are all distinct. Every round commits at least
    the global minimum pair.
+
+Hand-over. Any state exact rounds reach is the definition's state, so the sequential loop can
+finish from it. A round costs a few sequential steps, so once the rounds have committed fewer than
+HANDOVER_RATE pairs a round on average (or a round commits none, as on some tables with infinite
+costs), the loop takes the points left. No table then costs much more than the better of the two:
+the worst case for the rounds, a staircase C[i, k] = i a + k b, took B rounds before.
+
+Non-finite costs: NaN is taken as +inf by both impls; infinite values compare as equal to each other,
+so among them the smallest point, then cluster, goes first. The train step's guard still stops a run
+whose costs are not finite.
 
 A round costs four passes over the B x K table (best, second best, blockers, the value table they
 share), a top_k and a one-key integer sort of the points before their blockers (at most
@@ -259,7 +271,8 @@ def _parallel(costs, counts, shortcuts, handover_rate=HANDOVER_RATE):
 
 @functools.partial(jax.jit, static_argnames=('impl',))
 def combination_assign_with_rounds(costs, counts=None, *, impl='parallel'):
-  """`combination_assign` plus the number of rounds it took (sequential: B steps)."""
+  """`combination_assign` plus its loop's iterations: the parallel rounds plus the sequential steps
+  after a hand-over (impl='sequential': B steps)."""
   if impl not in IMPLS:
     raise ValueError(f'combination_assign: impl must be one of {IMPLS}, got {impl!r}')
   costs, counts = _check(costs, counts, 'combination_assign')

@@ -7,6 +7,7 @@ r"""Benchmarks that print and save (JSON) their figures.
   python -m ohc_jax.benchmark --suite=scaling  # train-step images/s on 1, 2, 4, 8 devices
 """
 
+import functools
 import json
 import os
 import platform
@@ -101,7 +102,9 @@ def _ms_per_call(fn, tables, repeats, calls):
   return 1e3 * statistics.median(times)
 
 
+@functools.cache
 def _assign_fn(impl, handover=True):
+  """The jitted assignment, returning (labels, counts, loop iterations)."""
   import jax
   from ohc_jax import assign
   if handover:
