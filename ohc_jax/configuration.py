@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.assign_impl = 'parallel'
   c.keep_counts = False  # Carry cluster counts through the epoch (reference: --keep_scores).
   c.log_normaliser = True  # Add the reference's Gaussian constant -(nz/2) log(sigma) to the costs
-  # of the methods whose loss depends on it (variance, variance_improved, neural_gas, entropy_reference).
+  # of the methods whose gradients depend on it (variance, neural_gas, entropy_reference).
   c.soft_train = False  # Loss: mean_i sum_k softmax(-C_i)_k C[i,k] (reference: --soft_train).
   c.warm_start = False  # Centroids = encodings of the first K training points (--warm_start).
   c.constrained_eval = False  # Combination assignment at evaluation too, batch by batch.

@@ -136,9 +136,10 @@ METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'entropy', 'entro
            'variance', 'variance_improved', 'neural_gas', 'ckm')
 # The methods whose loss is the mean cost of the labels, which `soft_train` replaces.
 SOFT_TRAIN_METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'ckm')
-# The methods whose loss changes when every cost is shifted by one constant (the others' labels and
-# gradients do not), so that config.log_normaliser matters for them.
-SHIFT_DEPENDENT_METHODS = ('entropy_reference', 'variance', 'variance_improved', 'neural_gas')
+# The methods whose gradients change when every cost is shifted by one constant, so that
+# config.log_normaliser matters for them. The others' labels and gradients do not (variance_improved:
+# Var_k is shift-invariant and the mean min cost moves by the constant alone).
+SHIFT_DEPENDENT_METHODS = ('entropy_reference', 'variance', 'neural_gas')
 
 
 def log_normaliser(config) -> float:

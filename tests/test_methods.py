@@ -101,3 +101,29 @@ def test_log_normaliser_leaves_shift_invariant_methods_alone(digits_config):
     b = methods.make_method(digits_config)(costs, counts, zeros, zeros)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[2], b[2])
+
+
+@pytest.mark.parametrize('name', methods.METHODS)
+def test_only_shift_dependent_methods_have_gradients_that_a_constant_shift_changes(
+    name, digits_config):
+  """What decides which methods config.log_normaliser is applied to: a constant added to every cost
+  (here the log-normaliser itself) changes no method's labels, and the gradient of the loss of
+  exactly the methods in SHIFT_DEPENDENT_METHODS."""
+  costs = jax.random.uniform(jax.random.key(2), (64, 10), minval=0.1, maxval=3.0)
+  zeros, counts = jnp.zeros(10), jnp.zeros(10, jnp.int32)
+  digits_config.method, digits_config.log_normaliser = name, False
+  method = methods.make_method(digits_config)
+
+  def loss(c):
+    labels, _, value, _ = method(c, counts, zeros, zeros)
+    return value, labels
+
+  (_, labels), grad = jax.value_and_grad(loss, has_aux=True)(costs)
+  shift = -0.5 * digits_config.latent_dim * np.log(digits_config.sigma)  # -73.7.
+  (_, shifted_labels), shifted_grad = jax.value_and_grad(loss, has_aux=True)(costs + shift)
+  np.testing.assert_array_equal(labels, shifted_labels)
+  change = float(jnp.max(jnp.abs(grad - shifted_grad)))
+  if name in methods.SHIFT_DEPENDENT_METHODS:
+    assert change > 0.1 * float(jnp.max(jnp.abs(grad)))
+  else:  # Float32 rounding of costs near -73.7 alone.
+    assert change < 1e-3 * float(jnp.max(jnp.abs(grad)))
