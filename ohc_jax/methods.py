@@ -1,7 +1,7 @@
 """Training methods. Each maps a differentiable (B, K) cost table, the cluster counts so far and the
 method's dual variables (used by `ckm` only) to (labels, counts, loss, duals). Labels are computed on
-stop_gradient(costs) and carry no gradient. `make_method` binds the options and takes the log prior
-too (used by the Sinkhorn methods).
+stop_gradient(costs) and carry no gradient. `make_method` binds the options, takes the log prior
+too (used by the Sinkhorn methods) and adds the counts a method reports to the step logs.
 """
 
 import math
@@ -11,8 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from ohc_jax import assign
-
-MethodFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
 
 SINKHORN_EPSILON = 0.5
 SINKHORN_ITERATIONS = 15
@@ -84,13 +82,27 @@ def entropy(costs, counts, duals):
   return labels, counts, loss, duals
 
 
-def entropy_reference(costs, counts, duals):
-  """The reference's form: the 'distributions' are rows of raw costs normalised to sum to one."""
-  p = costs / jnp.sum(costs, axis=1, keepdims=True)
+def _reference_distributions(costs):
+  """entropy_reference's 'distributions': each row of costs, and their batch mean, over its sum."""
   mean = jnp.mean(costs, axis=0)
-  loss = -100 * _entropy(mean / jnp.sum(mean)) + 0.1 * jnp.mean(_entropy(p))
+  return costs / jnp.sum(costs, axis=1, keepdims=True), mean / jnp.sum(mean)
+
+
+def entropy_reference(costs, counts, duals):
+  """The reference's form (see docs/fidelity.md): -100 H(q) + 0.1 mean_i H(p_i), with p_i the row
+  C_i / sum_k C[i,k] and q the batch-mean row over its sum. Entries of p or q below zero (or NaN),
+  which the reference's torch Categorical refuses with a ValueError, are left out of the entropies
+  here (as 0 log 0); `refused_entries` counts them for the step logs."""
+  p, q = _reference_distributions(costs)
+  loss = -100 * _entropy(q) + 0.1 * jnp.mean(_entropy(p))
   labels, counts = assign.argmin_assign(jax.lax.stop_gradient(costs), counts)
   return labels, counts, loss, duals
+
+
+def refused_entries(costs) -> jax.Array:
+  """How many entries of entropy_reference's p and q are not >= 0: those it leaves out."""
+  p, q = _reference_distributions(jax.lax.stop_gradient(costs))
+  return jnp.sum(~(p >= 0)) + jnp.sum(~(q >= 0))
 
 
 def variance(costs, counts, duals, *, improved=False):
@@ -148,10 +160,13 @@ def log_normaliser(config) -> float:
   return -0.5 * config.latent_dim * math.log(config.sigma) if config.log_normaliser else 0.0
 
 
-def make_method(config) -> MethodFn:
-  """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals)` for config.method, with
-  the loss replaced by `soft_loss` under config.soft_train."""
+def make_method(config) -> Callable[..., tuple]:
+  """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals, metrics)` for
+  config.method, with the loss replaced by `soft_loss` under config.soft_train. `metrics` holds the
+  per-step counts the method reports for the step logs (summed over devices): entropy_reference's
+  `refused_entries`; empty for the others."""
   name = config.method
+  shift = log_normaliser(config) if name in SHIFT_DEPENDENT_METHODS else 0.0
   if name in ('sinkhorn', 'hard_sinkhorn'):
     method = lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=name == 'hard_sinkhorn')
   else:
@@ -162,12 +177,11 @@ def make_method(config) -> MethodFn:
     else:
       fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
             'neural_gas': neural_gas, 'ckm': ckm}[name]
-    shift = log_normaliser(config) if name in SHIFT_DEPENDENT_METHODS else 0.0
     method = lambda c, n, d, p: fn(c + shift if shift else c, n, d)
-  if not config.soft_train:
-    return method
 
-  def soft(costs, counts, duals, log_prior):
-    labels, counts, _, duals = method(costs, counts, duals, log_prior)
-    return labels, counts, soft_loss(costs), duals
-  return soft
+  def bound(costs, counts, duals, log_prior):
+    labels, counts, loss, duals = method(costs, counts, duals, log_prior)
+    metrics = ({'refused_entries': refused_entries(costs + shift)}
+               if name == 'entropy_reference' else {})
+    return labels, counts, soft_loss(costs) if config.soft_train else loss, duals, metrics
+  return bound

@@ -145,6 +145,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                        'images_per_s': config.log_every_steps * config.batch_size / (now - last_log)}
             if 'batch_sizes' in step_metrics:  # Clusters the step's batch used.
               scalars['batch_clusters'] = int(np.sum(np.asarray(step_metrics['batch_sizes']) > 0))
+            scalars.update({k: int(v) for k, v in step_metrics['method'].items()})
             writer.write_step(global_step, scalars)
             last_log = now
           signum = stop.agreed() if (jax.process_count() == 1 or

@@ -25,7 +25,7 @@ def test_method_gives_finite_loss_gradients_and_labels(name, digits_config):
     z, _ = model.apply({'params': params['encoder'], 'batch_stats': variables['batch_stats']}, x,
                        train=True, mutable=['batch_stats'])
     costs = cluster_costs(z, params['centroids'], 10.0, log_prior)
-    labels, new_counts, loss, new_duals = method(costs, counts, duals, log_prior)
+    labels, new_counts, loss, new_duals, _ = method(costs, counts, duals, log_prior)
     return loss, (labels, new_counts, new_duals)
 
   (loss, (labels, new_counts, new_duals)), grads = jax.jit(
@@ -115,7 +115,7 @@ def test_only_shift_dependent_methods_have_gradients_that_a_constant_shift_chang
   method = methods.make_method(digits_config)
 
   def loss(c):
-    labels, _, value, _ = method(c, counts, zeros, zeros)
+    labels, _, value, _, _ = method(c, counts, zeros, zeros)
     return value, labels
 
   (_, labels), grad = jax.value_and_grad(loss, has_aux=True)(costs)
@@ -127,3 +127,29 @@ def test_only_shift_dependent_methods_have_gradients_that_a_constant_shift_chang
     assert change > 0.1 * float(jnp.max(jnp.abs(grad)))
   else:  # Float32 rounding of costs near -73.7 alone.
     assert change < 1e-3 * float(jnp.max(jnp.abs(grad)))
+
+
+def test_entropy_reference_leaves_out_negative_entries_and_counts_them(digits_config):
+  """Where the reference's torch Categorical raises on a negative 'probability', ours leaves the
+  entry out of the entropy (as 0 log 0) and reports how many it left out."""
+  costs = jnp.array([[1.0, 2.0, -0.5, 0.5], [2.0, 1.0, 1.0, 1.0], [0.5, -1.0, 3.0, 0.5]])
+  p = np.asarray(costs) / np.asarray(costs).sum(1, keepdims=True)
+  q = np.asarray(costs).mean(0) / np.asarray(costs).mean(0).sum()
+  entropy = lambda d: -sum(x * np.log(x) for x in d if x > 0)
+  expected = -100 * entropy(q) + 0.1 * np.mean([entropy(row) for row in p])
+  _, _, loss, _ = methods.entropy_reference(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4))
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  assert int(methods.refused_entries(costs)) == int(np.sum(p < 0) + np.sum(q < 0)) == 2
+  assert int(methods.refused_entries(jnp.abs(costs))) == 0
+  digits_config.method = 'entropy_reference'
+  shift = methods.log_normaliser(digits_config)  # -73.7: every entry negative, all p_ik > 0.
+  *_, metrics = methods.make_method(digits_config)(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4),
+                                                   jnp.zeros(4))
+  assert int(metrics['refused_entries']) == int(methods.refused_entries(costs + shift)) == 0
+  digits_config.log_normaliser = False
+  *_, metrics = methods.make_method(digits_config)(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4),
+                                                   jnp.zeros(4))
+  assert int(metrics['refused_entries']) == 2
+  digits_config.method = 'entropy'
+  assert methods.make_method(digits_config)(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4),
+                                            jnp.zeros(4))[4] == {}
