@@ -9,11 +9,13 @@ r"""Side by side with the PyTorch reference (github.com/Lou1sM/online_hard_clust
     the fraction of identical labels and both times per batch.
 (b) Trains both on the same data (the first --subset points of train+test, the paper's protocol) with
     the same hyperparameters, and prints their metrics and training images/s side by side.
-    --dataset: cifar10, cifar100, fashion_mnist or stl10 (the reference's c10, c100, fashmnist, stl).
+    --dataset: cifar10, cifar100, fashion_mnist or stl10 (its c10, c100, fashmnist, stl). Method
+    `entropy` pairs its --kl (our entropy_reference's loss) with our entropy.
 
 The reference's files are not modified. Its helper package `dl_utils` (not on PyPI) and `torchvision`
 (only used there for data loading) are replaced by small stand-ins, and where there is no GPU its
-hard-coded CUDA calls are redirected to the CPU.
+hard-coded CUDA calls are redirected to the CPU. What each side does, aspect by aspect, with the
+reference's file and line: docs/fidelity.md.
 """
 
 import contextlib

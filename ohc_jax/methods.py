@@ -1,7 +1,8 @@
 """Training methods. Each maps a differentiable (B, K) cost table, the cluster counts so far and the
 method's dual variables (used by `ckm` only) to (labels, counts, loss, duals). Labels are computed on
 stop_gradient(costs) and carry no gradient. `make_method` binds the options, takes the log prior
-too (used by the Sinkhorn methods) and adds the counts a method reports to the step logs.
+too (used by the Sinkhorn methods) and adds the counts a method reports to the step logs. Each
+method against the reference's, with its file and line: docs/fidelity.md.
 """
 
 import math
@@ -14,7 +15,7 @@ from ohc_jax import assign
 
 SINKHORN_EPSILON = 0.5
 SINKHORN_ITERATIONS = 15
-HARD_SINKHORN_WEIGHT = 0.1  # The reference's eps2: weight of the hard argmin counts in the plan.
+HARD_SINKHORN_WEIGHT = 0.1  # The reference's eps2: weight of the one-hot argmax in the plan.
 NEURAL_GAS_TEMPERATURE = 1.0
 CKM_MIN_FRACTION = 0.5  # Each cluster is pushed to hold at least this fraction of B / K points.
 CKM_DUAL_STEP = 0.1
@@ -46,7 +47,7 @@ def sinkhorn_plan(scores, marginals, *, hard=False, epsilon=SINKHORN_EPSILON,
   (the last normalisation), each cluster's column to its entry of `marginals` (which sum to one)
   approximately. `hard` mixes the hard argmax counts into the plan before balancing (weight 0.1 per
   point, as the reference) and subtracts them after, scaled to the plan's mass (the reference
-  subtracts unit counts from a plan whose points weigh 1 / B)."""
+  subtracts unit counts from a plan whose points weigh 1 / B; docs/fidelity.md)."""
   batch, num_clusters = scores.shape
   q = jax.nn.softmax(scores / epsilon, axis=1)  # exp(scores / epsilon), each point's row to one.
   if hard:
@@ -66,7 +67,7 @@ def sinkhorn_plan(scores, marginals, *, hard=False, epsilon=SINKHORN_EPSILON,
 
 def _sinkhorn(costs, counts, duals, log_prior, *, hard):
   plan = sinkhorn_plan(-jax.lax.stop_gradient(costs), jax.nn.softmax(log_prior), hard=hard)
-  labels = jnp.argmax(plan, axis=1).astype(jnp.int32)  # The reference takes the argmin.
+  labels = jnp.argmax(plan, axis=1).astype(jnp.int32)  # The reference's argmin: docs/fidelity.md.
   return labels, _count(labels, counts), _mean_cost_of(costs, labels), duals
 
 
@@ -117,7 +118,7 @@ def neural_gas(costs, counts, duals, *, temperature=NEURAL_GAS_TEMPERATURE):
   """Clusters ranked by 0.1 C + log(n_k + 1), weights exp(-rank / T); label = rank 0.
 
   Loss: the batch mean of each point's weighted sum of squared ranked values (the reference returns
-  the per-point vector, which its backward() cannot take)."""
+  the per-point vector, which its backward() cannot take; docs/fidelity.md)."""
   values = 0.1 * costs + jnp.log1p(counts.astype(costs.dtype))[None, :]
   order = jnp.argsort(jax.lax.stop_gradient(values), axis=1)
   ranked = jnp.take_along_axis(values, order, axis=1)
@@ -139,7 +140,8 @@ def ckm(costs, counts, duals):
 
 
 def soft_loss(costs):
-  """`soft_train`: mean_i sum_k softmax(-C_i)_k C[i,k], the weights held constant (as the reference)."""
+  """`soft_train`: mean_i sum_k softmax(-C_i)_k C[i,k], the weights held constant as in the
+  reference's Sinkhorn branch, which averages over all B x K entries instead (docs/fidelity.md)."""
   weights = jax.lax.stop_gradient(jax.nn.softmax(-costs, axis=1))
   return jnp.mean(jnp.sum(weights * costs, axis=1))
 
@@ -155,8 +157,9 @@ SHIFT_DEPENDENT_METHODS = ('entropy_reference', 'variance', 'neural_gas')
 
 
 def log_normaliser(config) -> float:
-  """The constant the reference adds to every cost: the log-normaliser of its Gaussian,
-  -(nz / 2) log(sigma) (-294.7 for nz = 128, sigma = 100), or 0 without config.log_normaliser."""
+  """The constant the reference adds to every cost (docs/fidelity.md): the log-normaliser of its
+  Gaussian, -(nz / 2) log(sigma) (-294.7 for nz = 128, sigma = 100), or 0 without
+  config.log_normaliser."""
   return -0.5 * config.latent_dim * math.log(config.sigma) if config.log_normaliser else 0.0
 
 

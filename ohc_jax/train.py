@@ -220,7 +220,7 @@ def _warm_start(config, model, state, data, rep):
   """Centroids := encodings of the first K points of the first batch, BatchNorm using that batch's
   statistics as in training (the reference encodes them in eval mode, with BatchNorm's initial
   running statistics, which puts all the centroids in a small region away from the training
-  encodings)."""
+  encodings, and its optimiser then never updates them: docs/fidelity.md)."""
   k = config.num_clusters
   if len(data.train) < k:
     raise UsageError(f'warm_start needs num_clusters={k} training points, the data has '
