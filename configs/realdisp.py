@@ -5,7 +5,8 @@ r"""Online hard clustering on RealDisp: 117-channel body-sensor windows of 512 s
 
 The first run prepares the tfds data set from the UCI release's subjectN_ideal.log files in
 manual_dir (https://archive.ics.uci.edu/dataset/305); later runs read it from data_dir. As the
-reference: the conv1d encoder, nz = 32, 33 clusters, all windows for training and evaluation.
+reference (docs/fidelity.md): the conv1d encoder, nz = 32, 33 clusters, all windows for training
+and evaluation.
 """
 
 from ohc_jax.configuration import base_config

@@ -9,10 +9,13 @@ r"""Side by side with the PyTorch reference (github.com/Lou1sM/online_hard_clust
     the fraction of identical labels and both times per batch.
 (b) Trains both on the same data (the first --subset points of train+test, the paper's protocol) with
     the same hyperparameters, and prints their metrics and training images/s side by side.
+    --dataset: cifar10, cifar100, fashion_mnist or stl10 (its c10, c100, fashmnist, stl). Method
+    `entropy` pairs its --kl (our entropy_reference's loss) with our entropy.
 
 The reference's files are not modified. Its helper package `dl_utils` (not on PyPI) and `torchvision`
 (only used there for data loading) are replaced by small stand-ins, and where there is no GPU its
-hard-coded CUDA calls are redirected to the CPU.
+hard-coded CUDA calls are redirected to the CPU. What each side does, aspect by aspect, with the
+reference's file and line: docs/fidelity.md.
 """
 
 import contextlib
@@ -31,6 +34,8 @@ import warnings
 import numpy as np
 from absl import app, flags, logging
 
+from ohc_jax.errors import UsageError
+
 _REFERENCE_DIR = flags.DEFINE_string('reference_dir', os.environ.get('OHC_REFERENCE_DIR'),
                                      'Checkout of the PyTorch reference.')
 _DATASET = flags.DEFINE_string('dataset', 'cifar10', 'Data set for part (b).')
@@ -47,6 +52,20 @@ _METHODS = flags.DEFINE_list('methods', ['combination', 'none'], 'Methods for pa
 # --ckm is parsed but unused).
 REFERENCE_METHODS = {'combination': [], 'none': ['--no_reg'], 'variance': ['--var'],
                      'entropy': ['--kl'], 'sinkhorn': ['--sinkhorn'], 'neural_gas': ['--ng']}
+# Our data set -> the reference's -d name (its cl_args.py:53 choices), which also sets its simp
+# net's input channels and flatten size (train.py:38-46). The harness feeds images, so realdisp (its
+# 1-D net, set up outside get_cl_args) is left out.
+REFERENCE_DATASETS = {'cifar10': 'c10', 'cifar100': 'c100', 'fashion_mnist': 'fashmnist',
+                      'stl10': 'stl'}
+
+
+def reference_dataset(dataset: str) -> str:
+  """The reference's -d name for one of our data sets; UsageError for one it lacks."""
+  if dataset not in REFERENCE_DATASETS:
+    names = ', '.join(f'{ours} (its {theirs})' for ours, theirs in REFERENCE_DATASETS.items())
+    raise UsageError(f'--dataset={dataset}: the harness runs the reference on {names} only: set '
+                     f'--dataset= to one of those')
+  return REFERENCE_DATASETS[dataset]
 
 
 def assignment_agreement(reference_fn, our_fn, tables) -> dict:
@@ -190,12 +209,12 @@ def _redirect_cuda_to_cpu():
 def load_reference(reference_dir: str):
   """The reference's train module, importable on this machine."""
   if not os.path.exists(os.path.join(reference_dir, 'train.py')):
-    sys.exit(f'error: no train.py in --reference_dir={reference_dir}: point it at a checkout of '
-             f'github.com/Lou1sM/online_hard_clustering')
+    raise UsageError(f'no train.py in --reference_dir={reference_dir}: point it at a checkout of '
+                     f'github.com/Lou1sM/online_hard_clustering')
   try:
     import torch
   except ImportError:
-    sys.exit("error: PyTorch is not installed: pip install -e '.[reference]'")
+    raise UsageError("PyTorch is not installed: pip install -e '.[reference]'") from None
   torch.set_num_threads(os.cpu_count() or 1)
   _stand_ins()
   _redirect_cuda_to_cpu()
@@ -251,10 +270,10 @@ def _data(dataset: str, data_dir, subset: int):
   return config, input_pipeline.load(config)
 
 
-def train_reference(reference, data, method: str, epochs: int) -> dict:
+def train_reference(reference, data, dataset: str, method: str, epochs: int) -> dict:
   """Trains the reference on `data` (its own defaults otherwise); its best-NMI figures."""
   import torch
-  sys.argv = ['train.py', '-d', 'c10', '-e', str(epochs), '--suppress_prints',
+  sys.argv = ['train.py', '-d', reference_dataset(dataset), '-e', str(epochs), '--suppress_prints',
               *REFERENCE_METHODS[method]]
   args = reference.cl_args.get_cl_args()
   args.nc = data.num_classes
@@ -265,8 +284,8 @@ def train_reference(reference, data, method: str, epochs: int) -> dict:
   reference.DataLoader = lambda *a, **k: loader(*a, **dict(k, num_workers=0))
   images = data.train.images
   dset = sys.modules['dl_utils.torch_misc'].CifarLikeDataset(
-      images, data.train.labels, lambda x: (torch.as_tensor(x).permute(2, 0, 1).float() / 127.5
-                                            - 1))
+      images, data.train.labels,  # The inputs ours sees ([0, 1] grey, [-1, 1] colour).
+      lambda x: torch.as_tensor(x).permute(2, 0, 1).float() * data.scale + data.offset)
   net = reference.ClusterNet(args)
   epoch_time = [0.0]
   train_one_epoch = net.train_one_epoch
@@ -311,12 +330,9 @@ def train_ours(config, method: str, epochs: int) -> dict:
 def part_train(reference) -> list[dict]:
   config, data = _data(_DATASET.value, _DATA_DIR.value, _SUBSET.value)
   rows = []
-  unknown = sorted(set(_METHODS.value) - set(REFERENCE_METHODS))
-  if unknown:
-    sys.exit(f'error: --methods: unknown {unknown}; choose from {", ".join(REFERENCE_METHODS)}')
   for method in _METHODS.value:
     rows.append({'implementation': 'reference', 'method': method,
-                 **train_reference(reference, data, method, _EPOCHS.value)})
+                 **train_reference(reference, data, _DATASET.value, method, _EPOCHS.value)})
     rows.append({'implementation': 'ohc_jax', 'method': method,
                  **train_ours(config.copy_and_resolve_references(), method, _EPOCHS.value)})
   print(f'(b) {_EPOCHS.value} epoch(s) on the first {len(data.train)} points of {_DATASET.value} '
@@ -327,19 +343,37 @@ def part_train(reference) -> list[dict]:
   return rows
 
 
-def main(argv):
-  del argv
-  from ohc_jax import conv
-  conv.configure_xla_cpu()  # Before JAX starts its backend.
-  logging.set_verbosity(logging.WARNING)
+def check_train_options(dataset: str, methods: list[str]) -> None:
+  """UsageError for a data set or method part (b) cannot run on the reference."""
+  reference_dataset(dataset)
+  unknown = sorted(set(methods) - set(REFERENCE_METHODS))
+  if unknown:
+    raise UsageError(f'--methods: unknown {unknown}: choose from {", ".join(REFERENCE_METHODS)}')
+
+
+def run() -> None:
   if not _REFERENCE_DIR.value:
-    sys.exit('error: pass --reference_dir (or set OHC_REFERENCE_DIR) to a checkout of the '
-             'reference')
+    raise UsageError('pass --reference_dir (or set OHC_REFERENCE_DIR) to a checkout of the '
+                     'reference')
+  if 'train' in _PARTS.value:
+    check_train_options(_DATASET.value, _METHODS.value)
   reference = load_reference(_REFERENCE_DIR.value)
   if 'assign' in _PARTS.value:
     part_assign(reference)
   if 'train' in _PARTS.value:
     part_train(reference)
+
+
+def main(argv):
+  del argv
+  from ohc_jax import conv
+  conv.configure_xla_cpu()  # Before JAX starts its backend.
+  logging.set_verbosity(logging.WARNING)
+  try:
+    run()
+  except UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -54,7 +54,8 @@ def _timed_steps(step, state, batches, steps, repeats):
 
 def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
                      num_devices: int = 1, assign_impl: str = 'parallel') -> float:
-  """Images/s of the reference's CIFAR-10 setup (simp encoder, K=10) with the given method."""
+  """Images/s of the reference's default CIFAR-10 setup (simp encoder, K=10; docs/fidelity.md)
+  with the given method."""
   import jax
   import numpy as np
   from ohc_jax import configuration, models, parallel

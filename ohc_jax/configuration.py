@@ -19,7 +19,10 @@ ASSIGNMENT_SCOPES = ('global', 'device')
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The PyTorch reference's defaults (batch 256, Adam 1e-3, nz 128, sigma 100, 10 epochs)."""
+  """Where the reference has the option, its default (simp encoder, batch 256, evaluation batch
+  1024, Adam 1e-3, nz 128, sigma 100, 10 clusters, every switch off), except num_epochs (10; its
+  --epochs defaults to 1) and hidden_dim (256, and our mlp has BatchNorm; its fc net is 512 wide
+  without). Each default against its argparse line: docs/fidelity.md."""
   c = ml_collections.ConfigDict()
   # Data.
   c.dataset = 'cifar10'
@@ -28,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.manual_dir = config_dict.placeholder(str)  # realdisp: folder with the UCI subjectN_ideal.log.
   c.protocol = 'paper'  # 'paper': train and evaluate on train+test; 'holdout': train/test.
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
-  c.imbalance = 0  # 0-3: the reference's class keep-probabilities (see ohc_jax/imbalance.py).
+  c.imbalance = 0  # 0-3: the reference's class keep-probabilities (imbalance.py, docs/fidelity.md).
   c.prior_matching = 'hungarian'  # How prior entries meet clusters: 'hungarian' (peeks) or 'size'.
   # Model.
   c.encoder = 'simp'
@@ -39,11 +42,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.sigma = 100.0
   c.method = 'combination'
   c.assign_impl = 'parallel'
-  c.keep_counts = False  # Carry cluster counts through the epoch (reference: --keep_scores).
+  c.keep_counts = False  # Carry cluster counts through the epoch (--keep_scores; docs/fidelity.md).
   c.log_normaliser = True  # Add the reference's Gaussian constant -(nz/2) log(sigma) to the costs
-  # of the methods whose loss depends on it (variance, variance_improved, neural_gas, entropy_reference).
-  c.soft_train = False  # Loss: mean_i sum_k softmax(-C_i)_k C[i,k] (reference: --soft_train).
-  c.warm_start = False  # Centroids = encodings of the first K training points (--warm_start).
+  # of the methods whose gradients depend on it (variance, neural_gas, entropy_reference; see
+  # docs/fidelity.md).
+  c.soft_train = False  # Loss: mean_i sum_k softmax(-C_i)_k C[i,k] (its --soft_train, there for
+  # Sinkhorn alone and K times smaller: docs/fidelity.md).
+  c.warm_start = False  # Centroids = encodings of the first K training points, then trained (its
+  # --warm_start never updates them: docs/fidelity.md).
   c.constrained_eval = False  # Combination assignment at evaluation too, batch by batch.
   c.covariance = 'fixed'  # 'fixed' (sigma I), 'learned_diagonal', 'estimated' (after each epoch).
   c.probe_every = 0  # Linear and 10-NN probes on the encodings every N epochs (0: never).

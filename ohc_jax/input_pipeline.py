@@ -12,7 +12,7 @@ from ohc_jax import imbalance
 from ohc_jax.errors import UsageError
 
 # Per data set: the tfds name, its splits, label key and how stored pixels map to the encoder's
-# input range (colour images to [-1, 1], grey ones to [0, 1], as the reference).
+# input range (colour images to [-1, 1], grey ones to [0, 1], as the reference: docs/fidelity.md).
 _TFDS = {
     'mnist': ('mnist', 'train', 'test', 'label'),
     'fashion_mnist': ('fashion_mnist', 'train', 'test', 'label'),
@@ -137,7 +137,7 @@ def _classes(labels: np.ndarray, path: str):
 
 def _load_vectors(path: str):
   """`vectors:FILE.npz` with arrays x (N, D) and y (N,), or `vectors:FILE.npy` (x) next to
-  FILE_labels.npy (y): e.g. text embeddings, the reference's tweets."""
+  FILE_labels.npy (y): e.g. text embeddings such as the reference's tweets (docs/fidelity.md)."""
   if path.endswith('.npz') and os.path.isfile(path):
     with np.load(path) as f:
       if not {'x', 'y'} <= set(f.files):

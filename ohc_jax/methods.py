@@ -1,7 +1,8 @@
 """Training methods. Each maps a differentiable (B, K) cost table, the cluster counts so far and the
 method's dual variables (used by `ckm` only) to (labels, counts, loss, duals). Labels are computed on
-stop_gradient(costs) and carry no gradient. `make_method` binds the options and takes the log prior
-too (used by the Sinkhorn methods).
+stop_gradient(costs) and carry no gradient. `make_method` binds the options, takes the log prior
+too (used by the Sinkhorn methods) and adds the counts a method reports to the step logs. Each
+method against the reference's, with its file and line: docs/fidelity.md.
 """
 
 import math
@@ -12,11 +13,9 @@ import jax.numpy as jnp
 
 from ohc_jax import assign
 
-MethodFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
-
 SINKHORN_EPSILON = 0.5
 SINKHORN_ITERATIONS = 15
-HARD_SINKHORN_WEIGHT = 0.1  # The reference's eps2: weight of the hard argmin counts in the plan.
+HARD_SINKHORN_WEIGHT = 0.1  # The reference's eps2: weight of the one-hot argmax in the plan.
 NEURAL_GAS_TEMPERATURE = 1.0
 CKM_MIN_FRACTION = 0.5  # Each cluster is pushed to hold at least this fraction of B / K points.
 CKM_DUAL_STEP = 0.1
@@ -48,7 +47,7 @@ def sinkhorn_plan(scores, marginals, *, hard=False, epsilon=SINKHORN_EPSILON,
   (the last normalisation), each cluster's column to its entry of `marginals` (which sum to one)
   approximately. `hard` mixes the hard argmax counts into the plan before balancing (weight 0.1 per
   point, as the reference) and subtracts them after, scaled to the plan's mass (the reference
-  subtracts unit counts from a plan whose points weigh 1 / B)."""
+  subtracts unit counts from a plan whose points weigh 1 / B; docs/fidelity.md)."""
   batch, num_clusters = scores.shape
   q = jax.nn.softmax(scores / epsilon, axis=1)  # exp(scores / epsilon), each point's row to one.
   if hard:
@@ -68,7 +67,7 @@ def sinkhorn_plan(scores, marginals, *, hard=False, epsilon=SINKHORN_EPSILON,
 
 def _sinkhorn(costs, counts, duals, log_prior, *, hard):
   plan = sinkhorn_plan(-jax.lax.stop_gradient(costs), jax.nn.softmax(log_prior), hard=hard)
-  labels = jnp.argmax(plan, axis=1).astype(jnp.int32)  # The reference takes the argmin.
+  labels = jnp.argmax(plan, axis=1).astype(jnp.int32)  # The reference's argmin: docs/fidelity.md.
   return labels, _count(labels, counts), _mean_cost_of(costs, labels), duals
 
 
@@ -84,13 +83,27 @@ def entropy(costs, counts, duals):
   return labels, counts, loss, duals
 
 
-def entropy_reference(costs, counts, duals):
-  """The reference's form: the 'distributions' are rows of raw costs normalised to sum to one."""
-  p = costs / jnp.sum(costs, axis=1, keepdims=True)
+def _reference_distributions(costs):
+  """entropy_reference's 'distributions': each row of costs, and their batch mean, over its sum."""
   mean = jnp.mean(costs, axis=0)
-  loss = -100 * _entropy(mean / jnp.sum(mean)) + 0.1 * jnp.mean(_entropy(p))
+  return costs / jnp.sum(costs, axis=1, keepdims=True), mean / jnp.sum(mean)
+
+
+def entropy_reference(costs, counts, duals):
+  """The reference's form (see docs/fidelity.md): -100 H(q) + 0.1 mean_i H(p_i), with p_i the row
+  C_i / sum_k C[i,k] and q the batch-mean row over its sum. Entries of p or q below zero (or NaN),
+  which the reference's torch Categorical refuses with a ValueError, are left out of the entropies
+  here (as 0 log 0); `refused_entries` counts them for the step logs."""
+  p, q = _reference_distributions(costs)
+  loss = -100 * _entropy(q) + 0.1 * jnp.mean(_entropy(p))
   labels, counts = assign.argmin_assign(jax.lax.stop_gradient(costs), counts)
   return labels, counts, loss, duals
+
+
+def refused_entries(costs) -> jax.Array:
+  """How many entries of entropy_reference's p and q are not >= 0: those it leaves out."""
+  p, q = _reference_distributions(jax.lax.stop_gradient(costs))
+  return jnp.sum(~(p >= 0)) + jnp.sum(~(q >= 0))
 
 
 def variance(costs, counts, duals, *, improved=False):
@@ -105,7 +118,7 @@ def neural_gas(costs, counts, duals, *, temperature=NEURAL_GAS_TEMPERATURE):
   """Clusters ranked by 0.1 C + log(n_k + 1), weights exp(-rank / T); label = rank 0.
 
   Loss: the batch mean of each point's weighted sum of squared ranked values (the reference returns
-  the per-point vector, which its backward() cannot take)."""
+  the per-point vector, which its backward() cannot take; docs/fidelity.md)."""
   values = 0.1 * costs + jnp.log1p(counts.astype(costs.dtype))[None, :]
   order = jnp.argsort(jax.lax.stop_gradient(values), axis=1)
   ranked = jnp.take_along_axis(values, order, axis=1)
@@ -127,7 +140,8 @@ def ckm(costs, counts, duals):
 
 
 def soft_loss(costs):
-  """`soft_train`: mean_i sum_k softmax(-C_i)_k C[i,k], the weights held constant (as the reference)."""
+  """`soft_train`: mean_i sum_k softmax(-C_i)_k C[i,k], the weights held constant as in the
+  reference's Sinkhorn branch, which averages over all B x K entries instead (docs/fidelity.md)."""
   weights = jax.lax.stop_gradient(jax.nn.softmax(-costs, axis=1))
   return jnp.mean(jnp.sum(weights * costs, axis=1))
 
@@ -136,21 +150,26 @@ METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'entropy', 'entro
            'variance', 'variance_improved', 'neural_gas', 'ckm')
 # The methods whose loss is the mean cost of the labels, which `soft_train` replaces.
 SOFT_TRAIN_METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'ckm')
-# The methods whose loss changes when every cost is shifted by one constant (the others' labels and
-# gradients do not), so that config.log_normaliser matters for them.
-SHIFT_DEPENDENT_METHODS = ('entropy_reference', 'variance', 'variance_improved', 'neural_gas')
+# The methods whose gradients change when every cost is shifted by one constant, so that
+# config.log_normaliser matters for them. The others' labels and gradients do not (variance_improved:
+# Var_k is shift-invariant and the mean min cost moves by the constant alone).
+SHIFT_DEPENDENT_METHODS = ('entropy_reference', 'variance', 'neural_gas')
 
 
 def log_normaliser(config) -> float:
-  """The constant the reference adds to every cost: the log-normaliser of its Gaussian,
-  -(nz / 2) log(sigma) (-294.7 for nz = 128, sigma = 100), or 0 without config.log_normaliser."""
+  """The constant the reference adds to every cost (docs/fidelity.md): the log-normaliser of its
+  Gaussian, -(nz / 2) log(sigma) (-294.7 for nz = 128, sigma = 100), or 0 without
+  config.log_normaliser."""
   return -0.5 * config.latent_dim * math.log(config.sigma) if config.log_normaliser else 0.0
 
 
-def make_method(config) -> MethodFn:
-  """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals)` for config.method, with
-  the loss replaced by `soft_loss` under config.soft_train."""
+def make_method(config) -> Callable[..., tuple]:
+  """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals, metrics)` for
+  config.method, with the loss replaced by `soft_loss` under config.soft_train. `metrics` holds the
+  per-step counts the method reports for the step logs (summed over devices): entropy_reference's
+  `refused_entries`; empty for the others."""
   name = config.method
+  shift = log_normaliser(config) if name in SHIFT_DEPENDENT_METHODS else 0.0
   if name in ('sinkhorn', 'hard_sinkhorn'):
     method = lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=name == 'hard_sinkhorn')
   else:
@@ -161,12 +180,11 @@ def make_method(config) -> MethodFn:
     else:
       fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
             'neural_gas': neural_gas, 'ckm': ckm}[name]
-    shift = log_normaliser(config) if name in SHIFT_DEPENDENT_METHODS else 0.0
     method = lambda c, n, d, p: fn(c + shift if shift else c, n, d)
-  if not config.soft_train:
-    return method
 
-  def soft(costs, counts, duals, log_prior):
-    labels, counts, _, duals = method(costs, counts, duals, log_prior)
-    return labels, counts, soft_loss(costs), duals
-  return soft
+  def bound(costs, counts, duals, log_prior):
+    labels, counts, loss, duals = method(costs, counts, duals, log_prior)
+    metrics = ({'refused_entries': refused_entries(costs + shift)}
+               if name == 'entropy_reference' else {})
+    return labels, counts, soft_loss(costs) if config.soft_train else loss, duals, metrics
+  return bound

@@ -12,7 +12,8 @@ _BatchNorm = lambda: nn.BatchNorm(momentum=0.9, epsilon=1e-5)
 
 
 class SimpEncoder(nn.Module):
-  """The reference's default: two conv-BN-ReLU-pool blocks (6, 16 channels, 5x5) and a dense layer."""
+  """The reference's default encoder (docs/fidelity.md): two conv-BN-ReLU-pool blocks (6, 16
+  channels, 5x5) and a dense layer."""
   latent_dim: int
 
   @nn.compact
@@ -37,8 +38,8 @@ class MLPEncoder(nn.Module):
 
 
 class Conv1DEncoder(nn.Module):
-  """The reference's RealDisp encoder over (B, T, C) sensor windows (there a Conv2d net over (T, C)
-  one-channel images): three conv layers over time with 4, 8, 16 channels, kernels 50, 40, 7 and
+  """The reference's RealDisp encoder (docs/fidelity.md) over (B, T, C) sensor windows (there a
+  Conv2d net over (T, C) one-channel images): three conv layers over time with 4, 8, 16 channels, kernels 50, 40, 7 and
   strides 2, 2, 1, shared by the C sensor channels (computed as 1-D convolutions over B * C series,
   3x faster on XLA:CPU than the 2-D form), then one with latent_dim channels and a 4 x C kernel that
   spans them all; BatchNorm (not on the last), LeakyReLU 0.3 and a max-pool of 2 over time after
@@ -77,8 +78,9 @@ class _BasicBlock(nn.Module):
 class ResNet18(nn.Module):
   """ResNet-18 (torchvision's layout: stages of 64, 128, 256, 512 channels, two basic blocks each),
   average-pooled into a dense layer to latent_dim. Inputs of 96 px and more get the ImageNet stem
-  (7x7 stride-2 conv, 3x3 stride-2 max-pool, as the reference's torchvision model); smaller ones, 32-px
-  CIFAR images, the usual CIFAR stem (3x3 stride-1 conv, no pool), which keeps their resolution."""
+  (7x7 stride-2 conv, 3x3 stride-2 max-pool, as the reference's torchvision model, which has it at
+  every size: docs/fidelity.md); smaller ones, 32-px CIFAR images, the usual CIFAR stem (3x3
+  stride-1 conv, no pool), which keeps their resolution."""
   latent_dim: int
 
   @nn.compact

@@ -1,6 +1,7 @@
 """Representation probes (the reference's `train_test_probes`): how well the encodings z predict the
 classes. A logistic regression (scikit-learn's defaults, as the reference) and a 10-nearest-neighbour
-classifier are fit on a fixed 67% of the points, drawn by the seed, and scored on the other 33%."""
+classifier are fit on a fixed 67% of the points, drawn by the seed, and scored on the other 33%
+(the reference's split is unseeded, and it reports the epoch of the best probe: docs/fidelity.md)."""
 
 import warnings
 

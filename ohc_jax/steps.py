@@ -18,15 +18,17 @@ def _all_finite(tree) -> jax.Array:
 def _per_device(method, mesh):
   """Runs the method on each device's shard of the batch on its own."""
   def local(costs, counts, duals, log_prior):
-    labels, new_counts, loss, new_duals = method(costs, counts, duals, log_prior)
+    labels, new_counts, loss, new_duals, metrics = method(costs, counts, duals, log_prior)
     return (labels, counts + jax.lax.psum(new_counts - counts, 'data'),
-            jax.lax.pmean(loss, 'data'), jax.lax.pmean(new_duals, 'data'))
+            jax.lax.pmean(loss, 'data'), jax.lax.pmean(new_duals, 'data'),
+            jax.lax.psum(metrics, 'data'))
   return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P(), P(), P()),
-                       out_specs=(P('data'), P(), P(), P()), check_vma=False)
+                       out_specs=(P('data'), P(), P(), P(), P()), check_vma=False)
 
 
 def make_train_step(config, model, tx, method, mesh, scale: float, offset: float):
-  """`(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated.
+  """`(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated; metrics:
+  the step's loss, labels, batch_sizes and the method's own counts ('method', see make_method).
 
   A step whose loss, costs or gradients are not finite changes nothing but `state.bad_step`, and
   every later step is then skipped: the caller reads `bad_step` and stops with the step's number.
@@ -42,11 +44,12 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
       z, new_vars = model.apply({'params': params['encoder'], 'batch_stats': state.batch_stats},
                                 x, train=True, mutable=['batch_stats'])
       costs = param_costs(z, params, config.sigma, state.log_prior)
-      labels, counts, loss, duals = method(costs, counts_in, state.duals, state.log_prior)
-      return loss, (labels, counts, duals, new_vars['batch_stats'], costs)
+      labels, counts, loss, duals, method_metrics = method(costs, counts_in, state.duals,
+                                                           state.log_prior)
+      return loss, (labels, counts, duals, new_vars['batch_stats'], costs, method_metrics)
 
-    (loss, (labels, counts, duals, batch_stats, costs)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (labels, counts, duals, batch_stats, costs, method_metrics)), grads = (
+        jax.value_and_grad(loss_fn, has_aux=True)(state.params))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         batch_stats=batch_stats, opt_state=opt_state, counts=counts, duals=duals)
@@ -55,12 +58,14 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
     new = jax.tree.map(lambda a, b: jnp.where(good, a, b), new, state)
     bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
     metrics = {'loss': loss, 'labels': labels,
-               'batch_sizes': jnp.bincount(labels, length=config.num_clusters)}
+               'batch_sizes': jnp.bincount(labels, length=config.num_clusters),
+               'method': method_metrics}
     return new.replace(bad_step=bad), metrics
 
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   return jax.jit(step, in_shardings=(rep, data),
-                 out_shardings=(rep, {'loss': rep, 'labels': data, 'batch_sizes': rep}),
+                 out_shardings=(rep, {'loss': rep, 'labels': data, 'batch_sizes': rep,
+                                      'method': rep}),
                  donate_argnums=0)
 
 

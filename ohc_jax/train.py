@@ -145,6 +145,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                        'images_per_s': config.log_every_steps * config.batch_size / (now - last_log)}
             if 'batch_sizes' in step_metrics:  # Clusters the step's batch used.
               scalars['batch_clusters'] = int(np.sum(np.asarray(step_metrics['batch_sizes']) > 0))
+            scalars.update({k: int(v) for k, v in step_metrics['method'].items()})
             writer.write_step(global_step, scalars)
             last_log = now
           signum = stop.agreed() if (jax.process_count() == 1 or
@@ -219,7 +220,7 @@ def _warm_start(config, model, state, data, rep):
   """Centroids := encodings of the first K points of the first batch, BatchNorm using that batch's
   statistics as in training (the reference encodes them in eval mode, with BatchNorm's initial
   running statistics, which puts all the centroids in a small region away from the training
-  encodings)."""
+  encodings, and its optimiser then never updates them: docs/fidelity.md)."""
   k = config.num_clusters
   if len(data.train) < k:
     raise UsageError(f'warm_start needs num_clusters={k} training points, the data has '

@@ -10,6 +10,7 @@ import pytest
 
 from ohc_jax import assign
 from ohc_jax.configuration import CONFIG_DIR
+from ohc_jax.errors import UsageError
 
 REPO = os.path.dirname(CONFIG_DIR)
 sys.path.insert(0, os.path.join(REPO, 'launch'))
@@ -74,3 +75,21 @@ def test_real_reference_assignment_agrees():
                        timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert '100.00% identical labels' in out.stdout
+
+
+def test_each_data_set_gets_the_reference_name_of_its_own():
+  assert [compare_reference.reference_dataset(d) for d in
+          ('cifar10', 'cifar100', 'fashion_mnist', 'stl10')] == ['c10', 'c100', 'fashmnist', 'stl']
+  for missing in ('mnist', 'digits', 'realdisp'):
+    with pytest.raises(UsageError, match=f'--dataset={missing}: .*set --dataset= to one of'):
+      compare_reference.reference_dataset(missing)
+
+
+def test_a_data_set_the_reference_lacks_is_one_line_and_exit_code_2(tmp_path):
+  out = subprocess.run([sys.executable, 'launch/compare_reference.py', '--dataset=mnist',
+                        f'--reference_dir={tmp_path}'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      'error: --dataset=mnist: the harness runs the reference on cifar10 (its c10), cifar100 (its '
+      'c100), fashion_mnist (its fashmnist), stl10 (its stl) only: set --dataset= to one of those']

@@ -25,7 +25,7 @@ def test_method_gives_finite_loss_gradients_and_labels(name, digits_config):
     z, _ = model.apply({'params': params['encoder'], 'batch_stats': variables['batch_stats']}, x,
                        train=True, mutable=['batch_stats'])
     costs = cluster_costs(z, params['centroids'], 10.0, log_prior)
-    labels, new_counts, loss, new_duals = method(costs, counts, duals, log_prior)
+    labels, new_counts, loss, new_duals, _ = method(costs, counts, duals, log_prior)
     return loss, (labels, new_counts, new_duals)
 
   (loss, (labels, new_counts, new_duals)), grads = jax.jit(
@@ -84,8 +84,7 @@ def test_log_normaliser_shifts_the_costs_of_shift_dependent_methods(name, digits
   without = methods.make_method(digits_config)(costs, counts, zeros, zeros)
   np.testing.assert_array_equal(with_shift[0], without[0])
   base = {'entropy_reference': methods.entropy_reference, 'neural_gas': methods.neural_gas,
-          'variance': methods.variance,
-          'variance_improved': lambda *a: methods.variance(*a, improved=True)}[name]
+          'variance': methods.variance}[name]
   np.testing.assert_allclose(with_shift[2], base(costs + shift, counts, zeros)[2], rtol=1e-5)
   np.testing.assert_allclose(without[2], base(costs, counts, zeros)[2], rtol=1e-5)
   assert abs(float(with_shift[2]) - float(without[2])) > 1e-3
@@ -101,3 +100,55 @@ def test_log_normaliser_leaves_shift_invariant_methods_alone(digits_config):
     b = methods.make_method(digits_config)(costs, counts, zeros, zeros)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[2], b[2])
+
+
+@pytest.mark.parametrize('name', methods.METHODS)
+def test_only_shift_dependent_methods_have_gradients_that_a_constant_shift_changes(
+    name, digits_config):
+  """What decides which methods config.log_normaliser is applied to: a constant added to every cost
+  (here the log-normaliser itself) changes no method's labels, and the gradient of the loss of
+  exactly the methods in SHIFT_DEPENDENT_METHODS."""
+  costs = jax.random.uniform(jax.random.key(2), (64, 10), minval=0.1, maxval=3.0)
+  zeros, counts = jnp.zeros(10), jnp.zeros(10, jnp.int32)
+  digits_config.method, digits_config.log_normaliser = name, False
+  method = methods.make_method(digits_config)
+
+  def loss(c):
+    labels, _, value, _, _ = method(c, counts, zeros, zeros)
+    return value, labels
+
+  (_, labels), grad = jax.value_and_grad(loss, has_aux=True)(costs)
+  shift = -0.5 * digits_config.latent_dim * np.log(digits_config.sigma)  # -73.7.
+  (_, shifted_labels), shifted_grad = jax.value_and_grad(loss, has_aux=True)(costs + shift)
+  np.testing.assert_array_equal(labels, shifted_labels)
+  change = float(jnp.max(jnp.abs(grad - shifted_grad)))
+  if name in methods.SHIFT_DEPENDENT_METHODS:
+    assert change > 0.1 * float(jnp.max(jnp.abs(grad)))
+  else:  # Float32 rounding of costs near -73.7 alone.
+    assert change < 1e-3 * float(jnp.max(jnp.abs(grad)))
+
+
+def test_entropy_reference_leaves_out_negative_entries_and_counts_them(digits_config):
+  """Where the reference's torch Categorical raises on a negative 'probability', ours leaves the
+  entry out of the entropy (as 0 log 0) and reports how many it left out."""
+  costs = jnp.array([[1.0, 2.0, -0.5, 0.5], [2.0, 1.0, 1.0, 1.0], [0.5, -1.0, 3.0, 0.5]])
+  p = np.asarray(costs) / np.asarray(costs).sum(1, keepdims=True)
+  q = np.asarray(costs).mean(0) / np.asarray(costs).mean(0).sum()
+  entropy = lambda d: -sum(x * np.log(x) for x in d if x > 0)
+  expected = -100 * entropy(q) + 0.1 * np.mean([entropy(row) for row in p])
+  _, _, loss, _ = methods.entropy_reference(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4))
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  assert int(methods.refused_entries(costs)) == int(np.sum(p < 0) + np.sum(q < 0)) == 2
+  assert int(methods.refused_entries(jnp.abs(costs))) == 0
+  digits_config.method = 'entropy_reference'
+  shift = methods.log_normaliser(digits_config)  # -73.7: every entry negative, all p_ik > 0.
+  *_, metrics = methods.make_method(digits_config)(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4),
+                                                   jnp.zeros(4))
+  assert int(metrics['refused_entries']) == int(methods.refused_entries(costs + shift)) == 0
+  digits_config.log_normaliser = False
+  *_, metrics = methods.make_method(digits_config)(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4),
+                                                   jnp.zeros(4))
+  assert int(metrics['refused_entries']) == 2
+  digits_config.method = 'entropy'
+  assert methods.make_method(digits_config)(costs, jnp.zeros(4, jnp.int32), jnp.zeros(4),
+                                            jnp.zeros(4))[4] == {}

@@ -30,7 +30,7 @@ def test_soft_train_loss_is_the_softmax_weighted_cost(digits_config):
   digits_config.soft_train = True
   costs = jax.random.normal(jax.random.key(0), (32, 10)) ** 2
   zeros = jnp.zeros(10)
-  labels, counts, loss, _ = methods.make_method(digits_config)(
+  labels, counts, loss, _, _ = methods.make_method(digits_config)(
       costs, jnp.zeros(10, jnp.int32), zeros, zeros)
   weights = np.exp(-np.asarray(costs)) / np.exp(-np.asarray(costs)).sum(1, keepdims=True)
   np.testing.assert_allclose(float(loss), (weights * np.asarray(costs)).sum(1).mean(), rtol=1e-5)

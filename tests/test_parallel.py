@@ -13,7 +13,7 @@ import pytest
 from ohc_jax import assign, input_pipeline, models, parallel, steps
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import make_method
+from ohc_jax.methods import log_normaliser, make_method, refused_entries
 from ohc_jax.train_state import create_train_state, make_optimizer
 
 
@@ -112,3 +112,25 @@ def test_two_processes_match_one_process(tmp_path):
   assert multi['train_loss'] == pytest.approx(one['train_loss'], rel=1e-5)
   assert multi['hard_sizes'] == one['hard_sizes']
   assert multi['acc'] == one['acc'] and multi['nmi'] == pytest.approx(one['nmi'])
+
+
+def test_device_scope_sums_the_methods_counts_over_the_shards(digits_config):
+  """entropy_reference on each shard on its own: refused_entries is the sum of the shards' counts
+  (each with its own batch-mean row)."""
+  digits_config.update(assignment_scope='device', num_devices=8, method='entropy_reference',
+                       sigma=3.0)
+  mesh = parallel.make_mesh(digits_config)
+  model, tx = models.make_encoder(digits_config), make_optimizer(digits_config)
+  state = create_train_state(digits_config, model, tx, (8, 8, 1), jax.random.key(0))
+  batch = _digits_batches(digits_config, 1)[0]
+  z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
+                     models.preprocess(batch['image'], 1 / 16, 0.0), train=True,
+                     mutable=['batch_stats'])
+  from ohc_jax.clusters import cluster_costs
+  costs = np.asarray(cluster_costs(z, state.params['centroids'], 3.0, state.log_prior)
+                     + log_normaliser(digits_config))
+  expected = sum(int(refused_entries(shard)) for shard in np.split(costs, 8))
+  step = steps.make_train_step(digits_config, model, tx, make_method(digits_config), mesh,
+                               1 / 16, 0.0)
+  _, m = step(jax.device_put(state, parallel.replicated(mesh)), parallel.to_global(batch, mesh))
+  assert int(m['method']['refused_entries']) == expected > 0

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import input_pipeline, models, parallel, steps, train
+from ohc_jax import input_pipeline, methods, models, parallel, steps, train
 from ohc_jax.clusters import cluster_costs
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
@@ -92,3 +92,22 @@ def test_keep_counts_changes_training(digits_config, tmp_path):
   digits_config.keep_counts = True
   b = train.train_and_evaluate(digits_config, str(tmp_path / 'b'))
   assert a['final']['train_loss'] != b['final']['train_loss']
+
+
+def test_entropy_reference_reports_the_entries_it_refused_in_the_step_logs(digits_config, tmp_path):
+  """At sigma 3 the shifted costs (log-normaliser -17.6) change sign within rows: the step's
+  refused_entries is entropy_reference's count for its batch, and reaches steps.jsonl."""
+  digits_config.method, digits_config.sigma = 'entropy_reference', 3.0
+  data, mesh, model, state, step, batch = _setup(digits_config)
+  x = models.preprocess(batch['image'], data.scale, data.offset)
+  z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
+                     train=True, mutable=['batch_stats'])
+  costs = cluster_costs(z, state.params['centroids'], digits_config.sigma, state.log_prior)
+  expected = int(methods.refused_entries(costs + methods.log_normaliser(digits_config)))
+  _, m = step(state, parallel.to_global(batch, mesh))
+  assert int(m['method']['refused_entries']) == expected > 0
+  digits_config.num_epochs = 1
+  train.train_and_evaluate(digits_config, str(tmp_path / 'run'))
+  lines = [json.loads(line) for line in (tmp_path / 'run' / 'steps.jsonl').read_text().splitlines()]
+  assert lines and all(isinstance(line['refused_entries'], int) for line in lines)
+  assert sum(line['refused_entries'] for line in lines) > 0

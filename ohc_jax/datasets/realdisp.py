@@ -6,7 +6,7 @@ per time step (50 Hz), whitespace-separated: 2 timestamp columns, 117 sensor col
 label 0 are dropped, windows of 512 rows start every 5 rows, a window's label is its most frequent
 row label (ties: the smaller), labels 1..33 become classes 0..32, sensor values are kept raw.
 Difference: the reference windows the concatenation of all subjects, so ~100 windows per subject
-boundary mix two subjects; here windows stay within a subject.
+boundary mix two subjects; here windows stay within a subject. Its lines: docs/fidelity.md.
 
 The builder stores each subject's rows once with its windows' start rows and labels (the windows
 overlap 100-fold: storing them would take ~100x the space); `load` returns them ready for
