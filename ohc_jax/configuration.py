@@ -153,7 +153,7 @@ def config_names() -> list[str]:
 
 
 def config_path(name: str) -> str:
-  """A config file: a path that exists, else a file of CONFIG_DIR ('cifar10', 'configs/cifar10.py')."""
+  """A config file: a path that exists, else one of CONFIG_DIR ('cifar10', 'configs/cifar10.py')."""
   if os.path.isfile(name):
     return name
   short = name.removeprefix('configs/').removesuffix('.py')
@@ -161,7 +161,8 @@ def config_path(name: str) -> str:
     return os.path.join(CONFIG_DIR, short + '.py')
   close = difflib.get_close_matches(short, config_names(), n=1)
   raise UsageError(f'no config file {name!r}: give the path of a .py file or one of '
-                   f'{", ".join(config_names())}' + (f' (did you mean {close[0]}?)' if close else ''))
+                   f'{", ".join(config_names())}' + (f' (did you mean {close[0]}?)' if close
+                                                     else ''))
 
 
 def unknown_field(field: str) -> UsageError:

@@ -104,6 +104,7 @@ def test_config_names_and_paths():
     parse('--config=cifar10', '--config.lerning_rate=0.1')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,fragment', [
     (['--config.foo=1'], "unknown config field 'foo'"),
     (['--config.learning_rate=abc'], '--config.learning_rate=abc'),
@@ -117,6 +118,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, frag
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_workdir_that_cannot_be_written(tmp_path):
   assert_usage_error(run_main('--workdir=/proc/ohc_jax_run'), 'cannot write in /proc')
   (tmp_path / 'file').write_text('')
@@ -124,12 +126,14 @@ def test_workdir_that_cannot_be_written(tmp_path):
     workdir_rules.check_workdir(parse(), str(tmp_path / 'file' / 'run'), False)
 
 
+@pytest.mark.slow
 def test_tfds_data_set_not_prepared(tmp_path):
   proc = run_main(f'--workdir={tmp_path / "run"}', '--config=mnist',
                   f'--config.data_dir={tmp_path / "empty"}')
   assert_usage_error(proc, 'not prepared', '--config.data_dir', '--config.download=True')
 
 
+@pytest.mark.slow
 def test_finished_workdir_is_kept(tmp_path):
   (tmp_path / 'results.json').write_text('{"kept": true}')
   proc = run_main(f'--workdir={tmp_path}')

@@ -88,6 +88,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   """Two processes on loopback, 2 CPU devices each, against one process with 4 devices."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',

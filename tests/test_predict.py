@@ -15,6 +15,8 @@ from ohc_jax import configuration, input_pipeline, predict, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.trained import load_trained
 
+pytestmark = pytest.mark.slow  # Every test uses a module fixture that trains a model.
+
 REPO = os.path.dirname(CONFIG_DIR)
 N = 50
 
