@@ -55,6 +55,7 @@ def _digit_vectors(tmp_path):
   return path, digits
 
 
+@pytest.mark.slow
 def test_vectors_run_with_probes(tmp_path):
   path, digits = _digit_vectors(tmp_path)
   config = _config(dataset=f'vectors:{path}', num_epochs=2, probe_every=1)
