@@ -1,6 +1,9 @@
 """The base configuration every config file starts from, and its validation."""
 
+import difflib
+import importlib.resources
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -115,23 +118,69 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'assign_impl', ASSIGN_IMPLS)
   _choice(config, 'assignment_scope', ASSIGNMENT_SCOPES)
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
-                     ('latent_dim', 1), ('num_epochs', 1), ('log_every_steps', 1),
-                     ('checkpoint_every_steps', 0), ('keep_checkpoints', 1),
-                     ('plots_every_epochs', 0), ('probe_every', 0)):
-    _check(int(config[field]) >= low,
-           f'{field} must be >= {low}, got {config[field]}: set --config.{field}=')
+                     ('hidden_dim', 1), ('latent_dim', 1), ('num_epochs', 1),
+                     ('log_every_steps', 1), ('checkpoint_every_steps', 0), ('keep_checkpoints', 1),
+                     ('plots_every_epochs', 0), ('probe_every', 0), ('max_examples', 0),
+                     ('seed', 0), ('num_devices', 0), ('num_processes', 1), ('process_id', 0)):
+    if config[field] is not None:  # num_processes, process_id: None means from the cluster.
+      _check(int(config[field]) >= low,
+             f'{field} must be >= {low}, got {config[field]}: set --config.{field}=')
+  _check(config.seed < 2**32, f'seed must be < 2**32, got {config.seed}: set --config.seed=')
+  _check(config.process_id is None or config.num_processes is None
+         or config.process_id < config.num_processes,
+         f'process_id {config.process_id} must be < num_processes {config.num_processes}: set '
+         f'--config.process_id= from 0 to {config.num_processes} - 1')
   for field in ('sigma', 'learning_rate'):
-    _check(float(config[field]) > 0,
-           f'{field} must be > 0, got {config[field]}: set --config.{field}= to a positive number')
-  _check(int(config.num_devices) >= 0,
-         f'num_devices must be >= 0 (0 means all), got {config.num_devices}')
+    _check(math.isfinite(config[field]) and config[field] > 0,
+           f'{field} must be > 0 and finite, got {config[field]}: set --config.{field}=')
+  address = config.coordinator_address
+  _check(address is None or address.rpartition(':')[2].isdigit(),
+         f'coordinator_address {address!r} is not HOST:PORT: set --config.coordinator_address=')
+  for field in ('data_dir', 'manual_dir'):
+    _check(config[field] != '', f'{field} is empty: name a folder with --config.{field}=, or '
+                                f'leave it unset')
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+def _config_dir() -> str:
+  """The repository's configs/ in a checkout (or editable install), else the installed copy."""
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if os.path.isfile(os.path.join(checkout, 'setup.cfg')):
+    return os.path.join(checkout, 'configs')
+  return str(importlib.resources.files('ohc_jax.configs'))
+
+
+CONFIG_DIR = _config_dir()
+
+
+def config_names() -> list[str]:
+  """The NAMEs of CONFIG_DIR's config files, for --config=NAME."""
+  return sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
+                if name.endswith('.py') and not name.startswith('_'))
+
+
+def config_path(name: str) -> str:
+  """A config file: a path that exists, else one of CONFIG_DIR ('cifar10', 'configs/cifar10.py')."""
+  if os.path.isfile(name):
+    return name
+  short = name.removeprefix('configs/').removesuffix('.py')
+  if short in config_names():
+    return os.path.join(CONFIG_DIR, short + '.py')
+  close = difflib.get_close_matches(short, config_names(), n=1)
+  raise UsageError(f'no config file {name!r}: give the path of a .py file or one of '
+                   f'{", ".join(config_names())}' + (f' (did you mean {close[0]}?)' if close
+                                                     else ''))
+
+
+def unknown_field(field: str) -> UsageError:
+  """The error for a --config.FIELD that the config does not have."""
+  close = difflib.get_close_matches(field, list(base_config().keys()), n=1)
+  return UsageError(f'unknown config field {field!r}' + (f' (did you mean {close[0]}?)' if close
+                                                          else '') +
+                    ': the fields are those of base_config() in ohc_jax/configuration.py')
 
 
 def from_file(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file, e.g. from_file(os.path.join(CONFIG_DIR, 'cifar10.py'))."""
+  """`get_config()` of a config file, e.g. from_file(config_path('cifar10'))."""
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -52,6 +52,9 @@ def _fit(array: np.ndarray, expected: tuple, what: str) -> np.ndarray:
   if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
           or array.dtype == np.bool_):
     raise UsageError(f'{what} has dtype {array.dtype}: give numeric pixel values')
+  bad = np.size(array) - np.count_nonzero(np.isfinite(array))
+  if bad:
+    raise UsageError(f'{what} holds {bad} non-finite values (NaN or inf): give finite pixel values')
   return array
 
 

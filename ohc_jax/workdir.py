@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import tempfile
 
 from ohc_jax.checkpoints import CHECKPOINT_DIR, QUARANTINE_DIR, committed_steps, jsonable_config
 from ohc_jax.errors import UsageError
@@ -51,6 +52,25 @@ def refuse_if_config_differs(saved: dict, config, workdir: str) -> None:
                      f'--workdir, or pass --overwrite to start afresh')
 
 
+def _check_writable(workdir: str) -> None:
+  """Raises UsageError unless workdir is, or can be made, a directory this process can write in.
+
+  Tries it, by making a temporary directory in workdir or its nearest existing ancestor, and
+  removes it: nothing is left behind.
+  """
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UsageError(f'--workdir={workdir}: {existing} is a file, not a directory: choose another '
+                     f'--workdir')
+  try:
+    tempfile.TemporaryDirectory(dir=existing).cleanup()
+  except OSError as e:
+    raise UsageError(f'--workdir={workdir}: cannot write in {existing} ({e.strerror or e}): choose '
+                     f'a writable --workdir') from None
+
+
 def check_workdir(config, workdir: str, overwrite: bool) -> bool:
   """Decides what to do with the workdir, reading files only (safe before JAX starts).
 
@@ -60,8 +80,7 @@ def check_workdir(config, workdir: str, overwrite: bool) -> bool:
   """
   if not workdir:
     raise UsageError('--workdir is empty: name a directory for the run')
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UsageError(f'--workdir={workdir} is a file, not a directory: choose another --workdir')
+  _check_writable(workdir)
   if overwrite:
     return False
   if os.path.exists(os.path.join(workdir, 'results.json')):

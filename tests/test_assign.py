@@ -65,6 +65,7 @@ def test_float64():
       assert_all_agree(table(kind, rng, 300, 20, np.float64))
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=25)
 @given(seed=st.integers(0, 2**31), kind=st.sampled_from(['normal', 'integer', 'equal', 'huge',
                                                           'tiny', 'blobs']),

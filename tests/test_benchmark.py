@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # Every test starts a benchmark process.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -20,6 +20,8 @@ from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 from ohc_jax.trained import load_trained
 
+pytestmark = pytest.mark.slow  # Every test trains a model (most share a module fixture that does).
+
 REPO = os.path.dirname(CONFIG_DIR)
 
 

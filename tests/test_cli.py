@@ -5,8 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
+from ohc_jax import configuration, main
+from ohc_jax import workdir as workdir_rules
 from ohc_jax.configuration import CONFIG_DIR
+from ohc_jax.errors import UsageError
 
 REPO = os.path.dirname(CONFIG_DIR)
 
@@ -27,26 +31,109 @@ def assert_usage_error(proc, *fragments):
     assert fragment in last
 
 
-@pytest.mark.parametrize('override,fragments', [
-    ('--config.dataset=imagenet9', ('unknown dataset', '--config.dataset')),
-    ('--config.encoder=vgg', ('unknown encoder', '--config.encoder')),
-    ('--config.num_clusters=1', ('num_clusters must be >= 2',)),
-    ('--config.sigma=0', ('sigma must be > 0',)),
-    ('--config.learning_rate=-0.1', ('learning_rate must be > 0',)),
-    ('--config.batch_size=0', ('batch_size must be >= 1',)),
+# Invalid values of every config field, as --config.FIELD=VALUE (a new field needs a row here).
+INVALID = {
+    'dataset': ['imagenet9', 'vectors'],
+    'data_dir': [''],
+    'download': ['maybe'],
+    'manual_dir': [''],
+    'protocol': ['train'],
+    'max_examples': ['-5', '1.5'],
+    'imbalance': ['4', '-1'],
+    'prior_matching': ['greedy'],
+    'encoder': ['vgg', 'conv1d'],
+    'hidden_dim': ['0'],
+    'latent_dim': ['0'],
+    'num_clusters': ['1'],
+    'sigma': ['0', '-1', 'inf', 'nan', 'abc'],
+    'method': ['kmeans'],
+    'assign_impl': ['fast'],
+    'keep_counts': ['maybe'],
+    'log_normaliser': ['maybe'],
+    'soft_train': ['maybe'],
+    'warm_start': ['maybe'],
+    'constrained_eval': ['maybe'],
+    'covariance': ['full'],
+    'probe_every': ['-1'],
+    'batch_size': ['0'],
+    'eval_batch_size': ['0'],
+    'learning_rate': ['0', '-0.1', 'inf', 'nan', 'abc'],
+    'num_epochs': ['0'],
+    'seed': ['-1', str(2**32)],
+    'num_devices': ['-1'],
+    'assignment_scope': ['host'],
+    'distributed': ['maybe'],
+    'coordinator_address': ['localhost'],
+    'num_processes': ['0', 'two'],
+    'process_id': ['-1'],
+    'log_every_steps': ['0'],
+    'progress_bar': ['maybe'],
+    'checkpoint_every_steps': ['-1'],
+    'keep_checkpoints': ['0'],
+    'plots_every_epochs': ['-1'],
+}
+
+
+def parse(*args):
+  """The config main builds from its arguments, in-process (a UsageError for bad input)."""
+  flag_values = flags.FlagValues()
+  main.parse_flags(['main', *args], flag_values)
+  configuration.validate(flag_values.config)
+  return flag_values.config
+
+
+def test_every_config_field_has_invalid_values():
+  assert set(INVALID) == set(configuration.base_config().keys())
+
+
+@pytest.mark.parametrize('field,value', [(f, v) for f, values in INVALID.items() for v in values])
+def test_invalid_config_values_name_the_field(field, value):
+  with pytest.raises(UsageError, match=f'--config.{field}='):
+    parse(f'--config.{field}={value}')
+
+
+def test_config_names_and_paths():
+  assert parse().dataset == 'digits'
+  for name in ('cifar10', 'cifar10.py', 'configs/cifar10.py', f'{CONFIG_DIR}/cifar10.py'):
+    config = parse(f'--config={name}', '--config.max_examples=7')
+    assert (config.dataset, config.max_examples) == ('cifar10', 7)
+  with pytest.raises(UsageError, match='did you mean cifar10.*') as error:
+    parse('--config=cifar1')
+  assert 'mnist' in str(error.value)  # The names there are.
+  with pytest.raises(UsageError, match="unknown config field 'lerning_rate'.*learning_rate"):
+    parse('--config=cifar10', '--config.lerning_rate=0.1')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('args,fragment', [
+    (['--config.foo=1'], "unknown config field 'foo'"),
+    (['--config.learning_rate=abc'], '--config.learning_rate=abc'),
+    (['--config.seed=-1'], 'seed must be >= 0'),
+    (['--config=nope.py'], "no config file 'nope.py'"),
 ])
-def test_bad_config_values(tmp_path, override, fragments):
-  proc = run_main(f'--workdir={tmp_path / "run"}', override)
-  assert_usage_error(proc, *fragments)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragment):
+  proc = run_main(f'--workdir={tmp_path / "run"}', *args)
+  assert_usage_error(proc, fragment)
+  assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
+def test_workdir_that_cannot_be_written(tmp_path):
+  assert_usage_error(run_main('--workdir=/proc/ohc_jax_run'), 'cannot write in /proc')
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(UsageError, match='is a file'):
+    workdir_rules.check_workdir(parse(), str(tmp_path / 'file' / 'run'), False)
+
+
+@pytest.mark.slow
 def test_tfds_data_set_not_prepared(tmp_path):
-  proc = run_main(f'--workdir={tmp_path / "run"}', f'--config={CONFIG_DIR}/mnist.py',
+  proc = run_main(f'--workdir={tmp_path / "run"}', '--config=mnist',
                   f'--config.data_dir={tmp_path / "empty"}')
   assert_usage_error(proc, 'not prepared', '--config.data_dir', '--config.download=True')
 
 
+@pytest.mark.slow
 def test_finished_workdir_is_kept(tmp_path):
   (tmp_path / 'results.json').write_text('{"kept": true}')
   proc = run_main(f'--workdir={tmp_path}')

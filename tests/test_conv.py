@@ -126,6 +126,7 @@ def _convolutions_in_ynn_fusions(hlo: str) -> int:
   return sum(computations[name].count(' convolution(') for name in called)
 
 
+@pytest.mark.slow
 def test_configure_xla_cpu_flag_is_accepted_and_keeps_convolutions_off_ynnpack():
   """In fresh processes: the flag acts at backend start, and an unknown flag would abort it."""
   code = (

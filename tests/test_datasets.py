@@ -1,7 +1,6 @@
 """Data sets and encoders: the paper's tfds sets (mock data), vector files, image folders, resnet18,
 the configs, and one clear error for each bad input."""
 
-import glob
 import json
 import os
 
@@ -34,8 +33,10 @@ def test_paper_data_sets_load(name, shape, classes):
 
 
 def test_every_config_validates():
-  for path in glob.glob(os.path.join(configuration.CONFIG_DIR, '*.py')):
-    configuration.validate(configuration.from_file(path))
+  names = configuration.config_names()
+  assert {'default', 'cifar10', 'realdisp'} <= set(names) and '__init__' not in names
+  for name in names:
+    configuration.validate(configuration.from_file(configuration.config_path(name)))
 
 
 @pytest.mark.parametrize('encoder,size', [('simp', 96), ('resnet18', 32), ('resnet18', 96)])
@@ -54,6 +55,7 @@ def _digit_vectors(tmp_path):
   return path, digits
 
 
+@pytest.mark.slow
 def test_vectors_run_with_probes(tmp_path):
   path, digits = _digit_vectors(tmp_path)
   config = _config(dataset=f'vectors:{path}', num_epochs=2, probe_every=1)

@@ -36,6 +36,7 @@ def test_prior_matching():
     np.testing.assert_allclose(matched, [0.3, 0.2, 0.5], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_imbalanced_run_uses_the_prior(digits_config, tmp_path):
   digits_config.update(imbalance=3, num_epochs=2, plots_every_epochs=0)
   results = train.train_and_evaluate(digits_config, str(tmp_path))

@@ -52,6 +52,7 @@ def sweep_dir(tmp_path_factory):
   return root
 
 
+@pytest.mark.slow
 def test_collate_means_stds_and_collapse_flag(sweep_dir):
   rows = {row['method']: row for row in collate.collate(collate.load_runs(str(sweep_dir)))}
   assert set(rows) == {'combination', 'none'}
@@ -81,6 +82,7 @@ def test_collate_keeps_only_probe_columns_every_seed_has():
   assert 'best_nmi_knn_probe_acc' not in row and row['best_nmi_epoch'][0] == 3.5
 
 
+@pytest.mark.slow
 def test_collate_writes_tables(sweep_dir):
   out = subprocess.run([sys.executable, 'launch/collate.py', str(sweep_dir)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)

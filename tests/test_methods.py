@@ -53,6 +53,7 @@ def test_ckm_duals_favour_starved_clusters():
   assert float(duals[0]) == 0.0 and float(duals[1]) > 0 and float(duals[2]) > 0
 
 
+@pytest.mark.slow
 def test_none_collapses_where_combination_does_not(digits_config, tmp_path):
   """A real run on digits: 8 epochs, 11 steps each."""
   digits_config.num_epochs = 8

@@ -26,6 +26,7 @@ def _records(workdir):
     return [r for r in map(json.loads, f) if 'nmi' in r]
 
 
+@pytest.mark.slow
 def test_soft_train_loss_is_the_softmax_weighted_cost(digits_config):
   digits_config.soft_train = True
   costs = jax.random.normal(jax.random.key(0), (32, 10)) ** 2
@@ -68,6 +69,7 @@ def test_warm_start_with_too_few_points_is_refused(digits_config):
     train.train_and_evaluate(digits_config, '/tmp/ohc_unused_warm_start')
 
 
+@pytest.mark.slow
 def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config):
   digits_config.constrained_eval = True
   digits_config.eval_batch_size = 200  # 1797 points: the last batch is padded.
@@ -90,6 +92,7 @@ def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config
   assert len(np.unique(out['cluster'])) == 10
 
 
+@pytest.mark.slow
 def test_learned_diagonal_starts_at_the_fixed_cost_and_is_trained(digits_config):
   digits_config.covariance = 'learned_diagonal'
   params = {'centroids': jax.random.normal(jax.random.key(0), (10, 32)),
@@ -117,6 +120,7 @@ def test_estimated_precisions_and_the_too_few_points_case():
   assert precision is None and 'clusters [1] hold [1] points' in why
 
 
+@pytest.mark.slow
 def test_estimated_covariance_run_reestimates_after_each_epoch(digits_config, tmp_path):
   digits_config.covariance = 'estimated'
   digits_config.latent_dim = 8

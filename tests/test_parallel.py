@@ -42,6 +42,7 @@ def _digits_batches(config, steps_count):
         return batches
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(digits_config):
   assert jax.device_count() == 8
   batches = _digits_batches(digits_config, 20)
@@ -52,6 +53,7 @@ def test_eight_devices_match_one_device(digits_config):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), params1, params8)
 
 
+@pytest.mark.slow
 def test_device_scope_assigns_each_shard_on_its_own(digits_config):
   digits_config.assignment_scope = 'device'
   digits_config.num_devices = 8
@@ -88,6 +90,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   """Two processes on loopback, 2 CPU devices each, against one process with 4 devices."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',

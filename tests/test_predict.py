@@ -15,6 +15,8 @@ from ohc_jax import configuration, input_pipeline, predict, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.trained import load_trained
 
+pytestmark = pytest.mark.slow  # Every test uses a module fixture that trains a model.
+
 REPO = os.path.dirname(CONFIG_DIR)
 N = 50
 
@@ -118,6 +120,11 @@ def test_bad_inputs_name_the_first_bad_file_and_the_expected_shape(run, tmp_path
   assert 'c.png' in err and '(9, 9, 1)' in err and '(8, 8, 1)' in err
   err = _bad([workdir, f'--input={tmp_path / "missing.npz"}'], tmp_path, capsys)
   assert 'does not exist' in err
+  nan = np.full((4, 8, 8, 1), np.nan, np.float32)
+  nan[0] = 0  # Not one row of garbage labels either.
+  np.save(tmp_path / 'nan.npy', nan)
+  err = _bad([workdir, f'--input={tmp_path / "nan.npy"}'], tmp_path, capsys)
+  assert '192 non-finite values' in err and 'nan.npy' in err
 
 
 def test_bad_input_on_the_command_line_exits_2_with_one_line(run, tmp_path):

@@ -37,10 +37,12 @@ def _check_pngs(directory):
     assert (pixels < 128).mean() > 0.005, name
 
 
+@pytest.mark.slow
 def test_training_makes_every_plot_at_the_end_of_epochs(finished):
   _check_pngs(finished / 'plots')
 
 
+@pytest.mark.slow
 def test_report_command_makes_every_plot_from_a_finished_workdir(finished, tmp_path):
   out = tmp_path / 'plots'
   env = dict(os.environ, PYTHONPATH=REPO)
@@ -67,6 +69,7 @@ def test_hungarian_order_puts_each_cluster_on_its_class():
   assert plots.hungarian_order(table).tolist() == [1, 0, 2, 3]
 
 
+@pytest.mark.slow
 def test_tensorboard_events_and_step_logs(finished):
   import tensorflow as tf
   tags = {}

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
 import tensorflow_datasets as tfds
 
 from ohc_jax import configuration, train
+
+pytestmark = pytest.mark.slow  # Trains on mock CIFAR-10.
 
 
 def test_cifar10_runs_under_mock_data(tmp_path):

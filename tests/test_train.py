@@ -11,6 +11,8 @@ from ohc_jax.clusters import cluster_costs
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
 
+pytestmark = pytest.mark.slow  # Every test trains a model.
+
 
 def _setup(config, num_devices=1):
   config.num_devices = num_devices
