@@ -63,7 +63,8 @@ def test_the_reported_near_tie_table():
   assert disagreements(costs, np.zeros(3, np.int32)) == []
 
 
-@settings(deadline=None, max_examples=150, derandomize=True)
+@pytest.mark.slow
+@settings(deadline=None, max_examples=100, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(assign_tables.KINDS),
        dtype=st.sampled_from(assign_tables.DTYPES),
        shape=st.sampled_from(assign_tables.SHAPES))
@@ -72,6 +73,7 @@ def test_property_adversarial_tables(seed, kind, dtype, shape):
   assert disagreements(costs, counts) == []
 
 
+@pytest.mark.slow
 def test_search():
   """OHC_ASSIGN_SEARCH tables (default 300) of every kind and dtype; prints the tally."""
   total = int(os.environ.get('OHC_ASSIGN_SEARCH', '300'))
@@ -87,6 +89,7 @@ def test_search():
   assert not failures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dtype', assign_tables.DTYPES)
 def test_non_finite_costs_are_documented(dtype):
   """NaN counts as +inf; infinite values are taken last (+inf) or first (-inf), ties by index."""
