@@ -27,6 +27,8 @@ _ASSIGN_B = flags.DEFINE_list('assign_batch_sizes', ['256', '1024', '4096'],
                               'Batch sizes B for --suite=assign.')
 _ASSIGN_K = flags.DEFINE_list('assign_num_clusters', ['10', '100', '1000'],
                               'Cluster counts K for --suite=assign.')
+_STAIRCASES = flags.DEFINE_list('staircase_sizes', ['256x10', '1024x100'],
+                                'BxK of the staircase worst-case tables of --suite=assign.')
 _TABLE_CONFIG = flags.DEFINE_string(
     'table_config', None, '--suite=assign also times the cost tables of a real training run of '
     'this config file (default: configs/default.py, the embedded digits).')
@@ -212,7 +214,7 @@ def suite_assign() -> dict:
   print(f'{"B":>5} {"K":>5} {"sequential":>11} {"parallel":>9} {"rounds":>7} {"no hand-over":>13} '
         f'{"rounds":>7}')
   worst = []
-  for batch, num_clusters in ((256, 10), (1024, 100)):
+  for batch, num_clusters in (map(int, size.split('x')) for size in _STAIRCASES.value):
     costs = jnp.asarray(staircase(batch, num_clusters))
     seq = _ms_per_call(_assign_fn('sequential'), [costs], _REPEATS.value, 3)
     par = _ms_per_call(_assign_fn('parallel'), [costs], _REPEATS.value, 3)

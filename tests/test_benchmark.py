@@ -24,7 +24,8 @@ def _run(tmp_path, *flags):
 
 def test_assign_suite(tmp_path):
   stdout, figures = _run(tmp_path, '--suite=assign', '--assign_batch_sizes=64',
-                         '--assign_num_clusters=3,10', '--repeats=1')
+                         '--assign_num_clusters=3,10', '--repeats=1', '--staircase_sizes=40x3',
+                         '--table_epochs=2')
   rows = figures['rows']
   assert [(r['batch_size'], r['num_clusters']) for r in rows] == [(64, 3), (64, 10)]
   for row in rows:
@@ -32,6 +33,14 @@ def test_assign_suite(tmp_path):
     assert row['sequential_ms'] > 0 and row['parallel_ms'] > 0
     assert f'{row["parallel_rounds"]:7d}' in stdout
   assert figures['backend'] == 'cpu' and figures['suite'] == 'assign'
+  worst, = figures['worst_case']
+  # One pair a round: the rounds alone take B; the hand-over keeps the loop at B iterations too.
+  assert worst['rounds_without_handover'] == 40 and worst['parallel_iterations'] == 40
+  stages = {row['stage']: row for row in figures['training_tables']}
+  assert list(stages) == ['init', 'epoch 1', 'epoch 2']  # The digits: 1,797 points, B = 128.
+  assert stages['init']['tables'] == 1 and stages['epoch 1']['tables'] == 1797 // 128
+  for row in stages.values():
+    assert 1 <= row['rounds_median'] <= row['rounds_max'] <= 128
 
 
 def test_train_suite_reports_the_assignment_share(tmp_path):
