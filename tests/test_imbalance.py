@@ -75,11 +75,10 @@ def test_prior_scope(digits_config, scope, method):
   if scope == 'combination' and method == 'sinkhorn':  # The reference's Sinkhorn ignores the prior.
     np.testing.assert_array_equal(labels, uniform_labels)
     np.testing.assert_array_equal(clusters, uniform_clusters)
-  else:  # The prior shifts the costs of training and evaluation alike, so cluster 0 gains points.
+  else:  # The prior reaches training and evaluation alike (Sinkhorn's also through its marginals),
+    # so cluster 0, with 55% of the prior, gains points.
     assert np.sum(labels == 0) > np.sum(uniform_labels == 0) + 40
     assert np.sum(clusters == 0) > np.sum(uniform_clusters == 0)
-  if method == 'sinkhorn' and scope == 'all':  # Its marginals follow the prior: ~55% in cluster 0.
-    assert np.mean(labels == 0) > 0.3
 
 
 def test_imbalanced_run_uses_the_prior(digits_config, tmp_path):
