@@ -9,6 +9,7 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from ohc_jax import imbalance
 from ohc_jax.clusters import COVARIANCES
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import METHODS, SOFT_TRAIN_METHODS
@@ -35,7 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.protocol = 'paper'  # 'paper': train and evaluate on train+test; 'holdout': train/test.
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
   c.imbalance = 0  # 0-3: the reference's class keep-probabilities (imbalance.py, docs/fidelity.md).
-  c.prior_matching = 'hungarian'  # How prior entries meet clusters: 'hungarian' (peeks) or 'size'.
+  c.prior_matching = 'identity'  # Cluster k's prior entry: 'identity' (k's; the reference's code),
+  # 'size' (by sorted cluster size) or 'hungarian' (its matched class's: peeks at the labels).
+  c.prior_scope = 'combination'  # Which methods' costs get the prior: 'combination' (the reference)
+  # or 'all' (every method's costs, and Sinkhorn's marginals).
   # Model.
   c.encoder = 'simp'
   c.hidden_dim = 256  # 'mlp' encoder only.
@@ -114,7 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.protocol == 'paper' or not (sequences or str(dataset).startswith(PATH_DATASETS)),
          f'{dataset} has no test split: use --config.protocol=paper')
   _choice(config, 'imbalance', (0, 1, 2, 3))
-  _choice(config, 'prior_matching', ('hungarian', 'size'))
+  _choice(config, 'prior_matching', imbalance.MATCHINGS)
+  _choice(config, 'prior_scope', imbalance.SCOPES)
   _choice(config, 'assign_impl', ASSIGN_IMPLS)
   _choice(config, 'assignment_scope', ASSIGNMENT_SCOPES)
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),

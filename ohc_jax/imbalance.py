@@ -1,11 +1,14 @@
-"""Imbalanced data: the reference's class keep-probabilities, seeded sampling, and the prior's
-matching to clusters."""
+"""Imbalanced data: the reference's class keep-probabilities, seeded sampling, the prior's matching
+to clusters, and which methods' costs it enters."""
 
+import jax.numpy as jnp
 import numpy as np
 
 from ohc_jax import metrics
 
 MODES = (0, 1, 2, 3)
+MATCHINGS = ('identity', 'size', 'hungarian')
+SCOPES = ('combination', 'all')
 
 
 def keep_probabilities(mode: int, num_classes: int) -> np.ndarray:
@@ -31,12 +34,16 @@ def subsample(labels: np.ndarray, probabilities: np.ndarray, seed: int) -> np.nd
 def matched_log_prior(prior: np.ndarray, clusters: np.ndarray, labels, how: str) -> np.ndarray:
   """log(K prior_k) per cluster, the prior's entries matched to clusters.
 
-  'hungarian' (the reference's way): cluster k gets the prior of the class the Hungarian matching
-  gives it; this peeks at the labels. 'size' (label-free): the largest cluster gets the largest
-  prior entry, the second largest the second, and so on.
+  'identity': cluster k gets entry k, whatever the clusters hold; this is what the reference's code
+  does (its translation dict's keys are the classes in order, so it indexes the prior by 0..K-1).
+  'size' (label-free): the largest cluster gets the largest entry, the second largest the second,
+  and so on. 'hungarian': cluster k gets the entry of the class the Hungarian matching gives it,
+  which peeks at the labels (what the reference's translation dict appears meant for).
   """
   num_clusters = len(prior)
-  if how == 'hungarian':
+  if how == 'identity':
+    matched = np.asarray(prior, np.float64)
+  elif how == 'hungarian':
     to_class = metrics.hungarian_map(labels, clusters, num_clusters)
     matched = prior[np.where(to_class >= 0, to_class, np.arange(num_clusters)) % len(prior)]
   else:
@@ -45,3 +52,12 @@ def matched_log_prior(prior: np.ndarray, clusters: np.ndarray, labels, how: str)
     matched[np.argsort(-sizes, kind='stable')] = np.sort(prior)[::-1]
   matched = matched / matched.sum()
   return np.log(num_clusters * matched).astype(np.float32)
+
+
+def cost_log_prior(config, log_prior):
+  """The log prior config.method's costs (and Sinkhorn's marginals) get: all of it under
+  prior_scope 'all'; under 'combination' (the reference shifts only the combination assignment's
+  costs) zeros, the uniform prior, for every other method. Training and evaluation both use this."""
+  if config.prior_scope == 'all' or config.method == 'combination':
+    return log_prior
+  return jnp.zeros_like(log_prior)

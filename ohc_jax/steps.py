@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ohc_jax import assign, parallel
+from ohc_jax import assign, imbalance, parallel
 from ohc_jax.clusters import param_costs
 from ohc_jax.models import preprocess
 
@@ -39,13 +39,14 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
   def step(state, batch):
     x = preprocess(batch['image'], scale, offset)
     counts_in = state.counts if config.keep_counts else jnp.zeros_like(state.counts)
+    log_prior = imbalance.cost_log_prior(config, state.log_prior)
 
     def loss_fn(params):
       z, new_vars = model.apply({'params': params['encoder'], 'batch_stats': state.batch_stats},
                                 x, train=True, mutable=['batch_stats'])
-      costs = param_costs(z, params, config.sigma, state.log_prior)
+      costs = param_costs(z, params, config.sigma, log_prior)
       labels, counts, loss, duals, method_metrics = method(costs, counts_in, state.duals,
-                                                           state.log_prior)
+                                                           log_prior)
       return loss, (labels, counts, duals, new_vars['batch_stats'], costs, method_metrics)
 
     (loss, (labels, counts, duals, batch_stats, costs, method_metrics)), grads = (
@@ -70,7 +71,9 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
 
 
 def make_eval_step(config, model, mesh, scale: float, offset: float):
-  """`(state, batch) -> {'cluster', 'cost', 'soft', 'z'}`: point-wise argmin, the paper's inference.
+  """`(state, batch) -> {'cluster', 'cost', 'soft', 'z'}`: point-wise argmin, the paper's inference,
+  of the costs training assigns with (the prior in them per config.prior_scope; the reference's
+  in-place prior shift of its cost table reaches its evaluation argmin too).
 
   With config.constrained_eval also 'constrained': combination assignment of the batch's rows that
   batch['valid'] marks (all when absent; the others are given the largest costs, so go last)."""
@@ -78,7 +81,8 @@ def make_eval_step(config, model, mesh, scale: float, offset: float):
     x = preprocess(batch['image'], scale, offset)
     z = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
                     x, train=False)
-    costs = param_costs(z, state.params, config.sigma, state.log_prior)
+    costs = param_costs(z, state.params, config.sigma,
+                        imbalance.cost_log_prior(config, state.log_prior))
     cluster = jnp.argmin(costs, axis=1)
     out = {'cluster': cluster, 'cost': jnp.min(costs, axis=1),
            'soft': jax.nn.softmax(-costs, axis=1), 'z': z}

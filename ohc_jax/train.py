@@ -161,7 +161,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         bar.close()
         outputs = evaluate(eval_step, state, data.eval, config, mesh)
         log_prior = np.asarray(state.log_prior)
-        if data.prior is not None:  # Costs use the prior matched to clusters from epoch 2 on.
+        if data.prior is not None:  # Matched per prior_matching; in the costs from epoch 2 on.
           log_prior = imbalance.matched_log_prior(data.prior, outputs['cluster'], data.eval.labels,
                                                   config.prior_matching)
           state = state.replace(log_prior=jax.device_put(log_prior, rep))

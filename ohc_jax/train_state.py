@@ -17,7 +17,7 @@ class TrainState:
   batch_stats: Any  # BatchNorm running statistics.
   opt_state: Any
   counts: jax.Array  # (K,) int32: points given to each cluster (this epoch, with keep_counts).
-  log_prior: jax.Array  # (K,) float32: log(prior_k * K), zero for the uniform prior.
+  log_prior: jax.Array  # (K,) float32: log(prior_k * K) (zero: uniform); costs: cost_log_prior.
   bad_step: jax.Array  # int32 scalar: first step whose loss, costs or gradients were not finite; -1.
   duals: jax.Array  # (K,) float32: the ckm method's dual variables (zero for other methods).
 

@@ -1,10 +1,14 @@
 """Imbalanced data: keep-probabilities, seeded sampling, prior matching, an imbalanced run."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, imbalance, train
+from ohc_jax import configuration, imbalance, models, parallel, steps, train
 from ohc_jax.errors import UsageError
+from ohc_jax.methods import make_method
+from ohc_jax.train_state import create_train_state, make_optimizer
 
 
 def test_keep_probabilities_match_the_reference_formulas():
@@ -34,6 +38,47 @@ def test_prior_matching():
   for how in ('hungarian', 'size'):
     matched = np.exp(imbalance.matched_log_prior(prior, clusters, labels, how)) / 3
     np.testing.assert_allclose(matched, [0.3, 0.2, 0.5], rtol=1e-6)
+  # 'identity' (the reference's code) gives cluster k entry k, with no clusters or labels needed.
+  identity = np.exp(imbalance.matched_log_prior(prior, None, None, 'identity')) / 3
+  np.testing.assert_allclose(identity, prior, rtol=1e-6)
+
+
+def test_the_default_setup_is_the_references_and_label_free():
+  config = configuration.base_config()
+  assert (config.prior_matching, config.prior_scope) == ('identity', 'combination')
+
+
+def _step_outputs(config, log_prior):
+  """Training-step labels and evaluation clusters of one digits batch with `log_prior` set."""
+  config.num_devices = 1
+  data = train.input_pipeline.load(config)
+  mesh = parallel.make_mesh(config)
+  model, tx = models.make_encoder(config), make_optimizer(config)
+  state = create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0))
+  state = jax.device_put(state.replace(log_prior=jnp.asarray(log_prior, jnp.float32)),
+                         parallel.replicated(mesh))
+  batch = parallel.to_global({'image': data.train.images[:256]}, mesh)
+  eval_step = steps.make_eval_step(config, model, mesh, data.scale, data.offset)
+  clusters = np.asarray(eval_step(state, batch)['cluster'])
+  step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
+                               data.offset)
+  return np.asarray(step(state, batch)[1]['labels']), clusters
+
+
+@pytest.mark.parametrize('scope', imbalance.SCOPES)
+@pytest.mark.parametrize('method', ['combination', 'sinkhorn'])
+def test_prior_scope(digits_config, scope, method):
+  digits_config.update(method=method, prior_scope=scope)
+  skewed = np.log(10 * np.array([0.55] + [0.05] * 9))
+  uniform_labels, uniform_clusters = _step_outputs(digits_config, np.zeros(10))
+  labels, clusters = _step_outputs(digits_config, skewed)
+  if scope == 'combination' and method == 'sinkhorn':  # The reference's Sinkhorn ignores the prior.
+    np.testing.assert_array_equal(labels, uniform_labels)
+    np.testing.assert_array_equal(clusters, uniform_clusters)
+  else:  # The prior reaches training and evaluation alike (Sinkhorn's also through its marginals),
+    # so cluster 0, with 55% of the prior, gains points.
+    assert np.sum(labels == 0) > np.sum(uniform_labels == 0) + 40
+    assert np.sum(clusters == 0) > np.sum(uniform_clusters == 0)
 
 
 @pytest.mark.slow
@@ -47,7 +92,8 @@ def test_imbalanced_run_uses_the_prior(digits_config, tmp_path):
   assert kept[0] > 2 * kept[9]  # Class 0 kept whole, class 9 with probability 0.1.
 
 
-def test_bad_imbalance_mode(digits_config):
-  digits_config.imbalance = 4
-  with pytest.raises(UsageError, match='--config.imbalance'):
+@pytest.mark.parametrize('field', ['imbalance', 'prior_matching', 'prior_scope'])
+def test_bad_imbalance_setting(digits_config, field):
+  digits_config[field] = 4 if field == 'imbalance' else 'peek'
+  with pytest.raises(UsageError, match=f'--config.{field}='):
     configuration.validate(digits_config)
