@@ -49,7 +49,7 @@ _METHODS = flags.DEFINE_list('methods', ['combination', 'none'], 'Methods for pa
                              'combination, none, variance, entropy, sinkhorn, neural_gas.')
 
 # Reference's method flags (it has no working --ent / --ckm flags: its parser calls them --kl, and
-# --ckm is parsed but unused).
+# --ckm is parsed but unused: its CKM code, train.py:86-98 and 248-284 at 37a5908, was lost later).
 REFERENCE_METHODS = {'combination': [], 'none': ['--no_reg'], 'variance': ['--var'],
                      'entropy': ['--kl'], 'sinkhorn': ['--sinkhorn'], 'neural_gas': ['--ng']}
 # Our data set -> the reference's -d name (its cl_args.py:53 choices), which also sets its simp

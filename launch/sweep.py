@@ -1,7 +1,7 @@
 r"""Runs every (method, imbalance, protocol, seed) combination of a config, skipping finished runs.
 
   python launch/sweep.py --config=configs/cifar10.py --workdir=runs/sweep \
-      --methods=combination,none,sinkhorn,entropy,variance,ckm,neural_gas --seeds=3 \
+      --methods=combination,none,sinkhorn,entropy,variance,ckm,coke,neural_gas --seeds=3 \
       --set=data_dir=../shared/data/tfds
   python launch/sweep.py ... --emit     # print one command per unfinished run (for a scheduler)
   python launch/collate.py runs/sweep   # then: runs/sweep/table.md and table.csv

@@ -71,7 +71,8 @@ def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
   model, tx = models.make_encoder(config), make_optimizer(config)
   state = jax.device_put(create_train_state(config, model, tx, (32, 32, 3), jax.random.key(0)),
                          parallel.replicated(mesh))
-  step = steps_lib.make_train_step(config, model, tx, make_method(config), mesh, 1 / 127.5, -1.0)
+  step = steps_lib.make_train_step(config, model, tx, make_method(config), mesh, 1 / 127.5, -1.0,
+                                   steps_per_epoch=60000 // batch_size)  # CIFAR-10, paper protocol.
   rng = np.random.default_rng(0)
   batches = [parallel.to_global({'image': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
                                  'label': np.zeros(batch_size, np.int64)}, mesh)

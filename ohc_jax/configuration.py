@@ -12,7 +12,7 @@ from ml_collections import config_dict
 from ohc_jax import imbalance
 from ohc_jax.clusters import COVARIANCES
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import METHODS, SOFT_TRAIN_METHODS
+from ohc_jax.methods import IMAGE_METHODS, METHODS, SOFT_TRAIN_METHODS
 
 DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'stl10', 'realdisp')
 PATH_DATASETS = ('vectors:', 'folder:')  # 'vectors:FILE.npz', 'folder:DIR' (one folder a class).
@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_clusters = 10
   c.sigma = 100.0
   c.method = 'combination'
+  c.ckm_pretrain_frac = 0.5  # ckm: the fraction of the epochs that train the reconstruction only.
   c.assign_impl = 'parallel'
   c.keep_counts = False  # Carry cluster counts through the epoch (--keep_scores; docs/fidelity.md).
   c.log_normaliser = True  # Add the reference's Gaussian constant -(nz/2) log(sigma) to the costs
@@ -108,6 +109,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'soft_train replaces the mean cost of the labels, but method {config.method!r} has a loss '
          f'of its own: use soft_train with one of {", ".join(SOFT_TRAIN_METHODS)}')
   sequences = dataset == 'realdisp'
+  _check(config.method not in IMAGE_METHODS or not (sequences or str(dataset).startswith('vectors:')),
+         f'method {config.method} reconstructs images, which {dataset!r} does not have: use another '
+         f'--config.method')
+  _check(0 <= float(config.ckm_pretrain_frac) <= 1,
+         f'ckm_pretrain_frac must be in [0, 1], got {config.ckm_pretrain_frac}: set '
+         f'--config.ckm_pretrain_frac=')
   _check(config.encoder != 'conv1d' or sequences,
          f'encoder conv1d is for realdisp\'s sensor windows, not {dataset!r}: set --config.encoder=')
   _check(not sequences or config.encoder in ('conv1d', 'mlp'),

@@ -1,8 +1,9 @@
 """Training methods. Each maps a differentiable (B, K) cost table, the cluster counts so far and the
-method's dual variables (used by `ckm` only) to (labels, counts, loss, duals). Labels are computed on
+method's dual variables (used by `coke` only) to (labels, counts, loss, duals). Labels are computed on
 stop_gradient(costs) and carry no gradient. `make_method` binds the options, takes the log prior
 too (used by the Sinkhorn methods) and adds the counts a method reports to the step logs. Each
-method against the reference's, with its file and line: docs/fidelity.md.
+method against the reference's, with its file and line: docs/fidelity.md. `ckm`'s reconstruction
+term needs the images and is added by the train step (steps.py) to its clustering term here.
 """
 
 import math
@@ -17,8 +18,9 @@ SINKHORN_EPSILON = 0.5
 SINKHORN_ITERATIONS = 15
 HARD_SINKHORN_WEIGHT = 0.1  # The reference's eps2: weight of the one-hot argmax in the plan.
 NEURAL_GAS_TEMPERATURE = 1.0
-CKM_MIN_FRACTION = 0.5  # Each cluster is pushed to hold at least this fraction of B / K points.
-CKM_DUAL_STEP = 0.1
+COKE_MIN_FRACTION = 0.5  # Each cluster is pushed to hold at least this fraction of B / K points.
+COKE_DUAL_STEP = 0.1
+CKM_CLUSTER_WEIGHT = 1e-7  # The reference's weight of the clustering term (train.py:253 at 37a5908).
 
 
 def _mean_cost_of(costs, labels):
@@ -127,16 +129,38 @@ def neural_gas(costs, counts, duals, *, temperature=NEURAL_GAS_TEMPERATURE):
   return labels, _count(labels, counts), jnp.mean(jnp.sum(ranked ** 2 * weights, axis=1)), duals
 
 
-def ckm(costs, counts, duals):
-  """Online constrained k-means (CoKe, Qian et al. 2022): labels = argmin_k C[i,k] - duals_k; the
-  duals rise for clusters below CKM_MIN_FRACTION * B / K points in the batch, and fall otherwise
-  (never below 0)."""
+def coke(costs, counts, duals):
+  """Online constrained k-means after CoKe (Qian et al. 2022), designed in this project as a
+  baseline (not in the paper): labels = argmin_k C[i,k] - duals_k; the duals rise for clusters below
+  COKE_MIN_FRACTION * B / K points in the batch, and fall otherwise (never below 0)."""
   batch, num_clusters = costs.shape
   labels = jnp.argmin(jax.lax.stop_gradient(costs) - duals[None, :], axis=1).astype(jnp.int32)
   sizes = jnp.bincount(labels, length=num_clusters).astype(costs.dtype)
-  shortfall = CKM_MIN_FRACTION / num_clusters - sizes / batch
-  duals = jnp.maximum(0.0, duals + CKM_DUAL_STEP * num_clusters * shortfall)
+  shortfall = COKE_MIN_FRACTION / num_clusters - sizes / batch
+  duals = jnp.maximum(0.0, duals + COKE_DUAL_STEP * num_clusters * shortfall)
   return labels, _count(labels, counts), _mean_cost_of(costs, labels), duals
+
+
+def ckm_reconstruction(decode, centroids, costs, images, key):
+  """The paper's CKM reconstruction term (the reference's dec_loss, train.py:272-282 at 37a5908).
+
+  Each point decodes a mix of centroids weighted by gumbel_softmax(C_i) (the reference's logits are
+  the costs, so far centroids weigh most) and is scored by the MSE to its image; the value is
+  rescaled, with constant factor, to the MSE of decoding the mix's heaviest centroid alone (the
+  reference's straight-through trick). Gradients reach the centroids only: the weights are constant
+  and the caller holds the decoder fixed."""
+  weights = jax.nn.softmax(jax.lax.stop_gradient(costs) + jax.random.gumbel(key, costs.shape),
+                           axis=1)
+  soft = jnp.mean(jnp.square(images - decode(weights @ centroids)))
+  heaviest = jax.lax.stop_gradient(centroids)[jnp.argmax(weights, axis=1)]
+  hard = jnp.mean(jnp.square(images - decode(heaviest)))
+  return soft * jax.lax.stop_gradient(hard / soft)
+
+
+def ckm_pretrain_steps(config, steps_per_epoch: int) -> int:
+  """Steps of reconstruction only: the reference's epochs e (from 0) with e < epochs x pretrain_frac
+  (train.py:250 at 37a5908)."""
+  return math.ceil(config.num_epochs * config.ckm_pretrain_frac) * steps_per_epoch
 
 
 def soft_loss(costs):
@@ -147,9 +171,11 @@ def soft_loss(costs):
 
 
 METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'entropy', 'entropy_reference',
-           'variance', 'variance_improved', 'neural_gas', 'ckm')
+           'variance', 'variance_improved', 'neural_gas', 'ckm', 'coke')
 # The methods whose loss is the mean cost of the labels, which `soft_train` replaces.
-SOFT_TRAIN_METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'ckm')
+SOFT_TRAIN_METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'coke')
+# The methods that reconstruct the images from the centroids, so need square image inputs.
+IMAGE_METHODS = ('ckm',)
 # The methods whose gradients change when every cost is shifted by one constant, so that
 # config.log_normaliser matters for them. The others' labels and gradients do not (variance_improved:
 # Var_k is shift-invariant and the mean min cost moves by the constant alone).
@@ -165,9 +191,9 @@ def log_normaliser(config) -> float:
 
 def make_method(config) -> Callable[..., tuple]:
   """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals, metrics)` for
-  config.method, with the loss replaced by `soft_loss` under config.soft_train. `metrics` holds the
-  per-step counts the method reports for the step logs (summed over devices): entropy_reference's
-  `refused_entries`; empty for the others."""
+  config.method (for `ckm` its clustering term), with the loss replaced by `soft_loss` under
+  config.soft_train. `metrics` holds the per-step counts the method reports for the step logs
+  (summed over devices): entropy_reference's `refused_entries`; empty for the others."""
   name = config.method
   shift = log_normaliser(config) if name in SHIFT_DEPENDENT_METHODS else 0.0
   if name in ('sinkhorn', 'hard_sinkhorn'):
@@ -179,7 +205,8 @@ def make_method(config) -> Callable[..., tuple]:
       fn = lambda c, n, d: variance(c, n, d, improved=name == 'variance_improved')
     else:
       fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
-            'neural_gas': neural_gas, 'ckm': ckm}[name]
+            'neural_gas': neural_gas, 'coke': coke,
+            'ckm': no_regularisation}[name]  # ckm's clustering term (train.py:165-167 at 37a5908).
     method = lambda c, n, d, p: fn(c + shift if shift else c, n, d)
 
   def bound(costs, counts, duals, log_prior):

@@ -1,9 +1,11 @@
-"""Encoders: Flax linen modules mapping a batch of inputs to latent vectors z."""
+"""Encoders: Flax linen modules mapping a batch of inputs to latent vectors z; the `ckm` decoder."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ohc_jax.conv import Conv2D, max_pool_2x2
+from ohc_jax.errors import UsageError
 
 # PyTorch's BatchNorm defaults: running averages updated with momentum 0.1, epsilon 1e-5. Layers
 # followed by BatchNorm have no bias: it would be cancelled by the normalisation, and Adam would turn
@@ -109,6 +111,64 @@ def make_encoder(config) -> nn.Module:
   if config.encoder == 'resnet18':
     return ResNet18(latent_dim=config.latent_dim)
   raise ValueError(f'unknown encoder {config.encoder!r}')
+
+
+def _geometric(start: int, end: int, n: int) -> list[int]:
+  """n integers from start to end growing by a constant factor, rounded down, the last set to end."""
+  base = (end / start) ** (1 / (n - 1))
+  return [int(start * base ** i) for i in range(n - 1)] + [end]
+
+
+def decoder_layers(image_shape, latent_dim: int, num_layers: int = 3):
+  """(features, kernel, stride, crop) of each transposed convolution taking a 1x1 latent_dim map to
+  an (S, S, C) image: sizes grow geometrically from 1 to S, channels shrink geometrically from
+  latent_dim to C, and each layer's stride is the size ratio rounded down and its kernel the rest,
+  widened to 3 with a crop of each side when smaller (the rule of the reference's build_convt_net,
+  utils.py:60-96 at 1ad8983; for 32x32x3 and nz 128: 36, 10, 3 channels, kernels 3, 4, 5, stride 3)."""
+  if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
+    raise UsageError(f'method ckm decodes square images, not inputs of shape {tuple(image_shape)}: '
+                     f'use another --config.method')
+  size, channels = image_shape[0], image_shape[2]
+  sizes = _geometric(1, size, num_layers + 1)
+  features = _geometric(channels, latent_dim, num_layers + 1)[::-1][1:]
+  layers = []
+  for n_in, n_out, f in zip(sizes, sizes[1:], features):
+    stride = n_out // n_in
+    kernel, crop = n_out - stride * (n_in - 1), 0
+    if kernel < 3:
+      crop = -(-(3 - kernel) // 2)
+      kernel += 2 * crop
+    layers.append((f, kernel, stride, crop))
+  return layers
+
+
+def _torch_convtranspose_init(key, shape, dtype=jnp.float32):
+  """PyTorch's default ConvTranspose2d kernel: U(+-1 / sqrt(fan)), fan = out channels x kernel area
+  (torch reads the fan from dimension 1 of its (in, out, kh, kw) kernel)."""
+  bound = (shape[0] * shape[1] * shape[3]) ** -0.5
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class CKMDecoder(nn.Module):
+  """The reference's CKM decoder (train.py:94-95 at 37a5908, utils.py:38-58 at 1ad8983): per layer a
+  transposed convolution, BatchNorm on the batch's statistics and LeakyReLU 0.3, the last layer
+  included. The reference never steps its optimizer, so its BatchNorm keeps weight 1 and bias 0 and
+  stays in train mode: here a plain normalisation, and no conv bias (the normalisation cancels it)."""
+  image_shape: tuple
+  latent_dim: int
+
+  @nn.compact
+  def __call__(self, v):
+    x = v.reshape(v.shape[0], 1, 1, v.shape[-1])
+    for features, kernel, stride, crop in decoder_layers(self.image_shape, self.latent_dim):
+      x = nn.ConvTranspose(features, (kernel, kernel), (stride, stride), padding='VALID',
+                           use_bias=False, kernel_init=_torch_convtranspose_init)(x)
+      if crop:
+        x = x[:, crop:-crop, crop:-crop]
+      mean = jnp.mean(x, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+      x = nn.leaky_relu((x - mean) * jax.lax.rsqrt(var + 1e-5), 0.3)
+    return x
 
 
 def preprocess(x, scale: float, offset: float):

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ohc_jax import assign, imbalance, parallel
+from ohc_jax import assign, imbalance, methods, parallel
 from ohc_jax.clusters import param_costs
-from ohc_jax.models import preprocess
+from ohc_jax.models import CKMDecoder, preprocess
 
 
 def _all_finite(tree) -> jax.Array:
@@ -26,15 +26,25 @@ def _per_device(method, mesh):
                        out_specs=(P('data'), P(), P(), P(), P()), check_vma=False)
 
 
-def make_train_step(config, model, tx, method, mesh, scale: float, offset: float):
+def make_train_step(config, model, tx, method, mesh, scale: float, offset: float,
+                    steps_per_epoch: int = 0):
   """`(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated; metrics:
   the step's loss, labels, batch_sizes and the method's own counts ('method', see make_method).
 
   A step whose loss, costs or gradients are not finite changes nothing but `state.bad_step`, and
   every later step is then skipped: the caller reads `bad_step` and stops with the step's number.
+
+  `ckm` (which needs steps_per_epoch): loss = reconstruction + w x clustering term, w = 0 for its
+  first methods.ckm_pretrain_steps steps and CKM_CLUSTER_WEIGHT after (read from state.step, so one
+  compiled step serves both phases and a resumed run); the decoder is held at its initial
+  parameters, as the reference never steps its optimizer (its dec_opt, train.py:98 at 37a5908).
   """
   if config.assignment_scope == 'device':
     method = _per_device(method, mesh)
+  ckm = config.method == 'ckm'
+  if ckm and steps_per_epoch < 1:
+    raise ValueError('method ckm needs steps_per_epoch for its pretraining phase')
+  pretrain_steps = methods.ckm_pretrain_steps(config, steps_per_epoch) if ckm else 0
 
   def step(state, batch):
     x = preprocess(batch['image'], scale, offset)
@@ -47,6 +57,12 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
       costs = param_costs(z, params, config.sigma, log_prior)
       labels, counts, loss, duals, method_metrics = method(costs, counts_in, state.duals,
                                                            log_prior)
+      if ckm:
+        decoder = CKMDecoder(x.shape[1:], config.latent_dim)
+        decode = lambda v: decoder.apply({'params': jax.lax.stop_gradient(params['decoder'])}, v)
+        key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+        weight = jnp.where(state.step < pretrain_steps, 0.0, methods.CKM_CLUSTER_WEIGHT)
+        loss = methods.ckm_reconstruction(decode, params['centroids'], costs, x, key) + weight * loss
       return loss, (labels, counts, duals, new_vars['batch_stats'], costs, method_metrics)
 
     (loss, (labels, counts, duals, batch_stats, costs, method_metrics)), grads = (

@@ -90,13 +90,13 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   rep = parallel.replicated(mesh)
   state = jax.device_put(create_train_state(config, model, tx, data.train.images.shape[1:],
                                             jax.random.key(config.seed)), rep)
+  feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
+                                  jax.process_index(), jax.process_count())
   train_step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
-                                     data.offset)
+                                     data.offset, steps_per_epoch=feed.steps_per_epoch)
   eval_step = steps.make_eval_step(config, model, mesh, data.scale, data.offset)
   if config.warm_start and not resume:
     state = _warm_start(config, model, state, data, rep)
-  feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
-                                  jax.process_index(), jax.process_count())
 
   ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints, lead=lead)
   pos = checkpoints.Position()

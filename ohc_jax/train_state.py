@@ -7,19 +7,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ohc_jax import clusters
+from ohc_jax import clusters, models
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: optimizer steps taken.
-  params: Any  # {'encoder': ..., 'centroids': (K, nz)[, 'log_precision' or 'precision']}
+  params: Any  # {'encoder', 'centroids': (K, nz)[, 'log_precision' or 'precision'][, 'decoder']}
   batch_stats: Any  # BatchNorm running statistics.
   opt_state: Any
   counts: jax.Array  # (K,) int32: points given to each cluster (this epoch, with keep_counts).
   log_prior: jax.Array  # (K,) float32: log(prior_k * K) (zero: uniform); costs: cost_log_prior.
   bad_step: jax.Array  # int32 scalar: first step whose loss, costs or gradients were not finite; -1.
-  duals: jax.Array  # (K,) float32: the ckm method's dual variables (zero for other methods).
+  duals: jax.Array  # (K,) float32: the coke method's dual variables (zero for other methods).
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -28,13 +28,17 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_train_state(config, model, tx, input_shape, rng) -> TrainState:
-  """Initial state: encoder from `model.init`, centroids drawn from N(0, 1), uniform prior, and the
-  precisions of config.covariance (clusters.covariance_params)."""
+  """Initial state: encoder from `model.init`, centroids drawn from N(0, 1), uniform prior, the
+  precisions of config.covariance (clusters.covariance_params) and, for `ckm`, its decoder (from
+  its own stream of `rng`, so that the other draws are those of every method)."""
   enc_rng, centroid_rng = jax.random.split(rng)
   variables = model.init(enc_rng, jnp.zeros((2,) + tuple(input_shape), jnp.float32), train=False)
   centroids = jax.random.normal(centroid_rng, (config.num_clusters, config.latent_dim), jnp.float32)
   params = {'encoder': variables['params'], 'centroids': centroids,
             **clusters.covariance_params(config)}
+  if config.method == 'ckm':
+    decoder = models.CKMDecoder(tuple(input_shape), config.latent_dim)
+    params['decoder'] = decoder.init(jax.random.fold_in(rng, 1), centroids[:2])['params']
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,

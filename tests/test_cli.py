@@ -41,6 +41,8 @@ INVALID = {
     'max_examples': ['-5', '1.5'],
     'imbalance': ['4', '-1'],
     'prior_matching': ['greedy'],
+    'prior_scope': ['none'],
+    'ckm_pretrain_frac': ['-0.1', '1.5', 'nan', 'abc'],
     'encoder': ['vgg', 'conv1d'],
     'hidden_dim': ['0'],
     'latent_dim': ['0'],

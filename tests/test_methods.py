@@ -46,9 +46,9 @@ def test_sinkhorn_plan_meets_its_marginals(prior):
   np.testing.assert_allclose(plan.sum(0), prior, atol=1e-3)
 
 
-def test_ckm_duals_favour_starved_clusters():
+def test_coke_duals_favour_starved_clusters():
   costs = jnp.tile(jnp.array([[0.0, 1.0, 2.0]]), (30, 1))
-  labels, _, _, duals = methods.ckm(costs, jnp.zeros(3, jnp.int32), jnp.zeros(3))
+  labels, _, _, duals = methods.coke(costs, jnp.zeros(3, jnp.int32), jnp.zeros(3))
   assert set(np.asarray(labels).tolist()) == {0}
   assert float(duals[0]) == 0.0 and float(duals[1]) > 0 and float(duals[2]) > 0
 
