@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _SUITE = flags.DEFINE_enum('suite', 'train', ['train', 'assign', 'scaling'], 'What to measure.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the figures (default: '
@@ -260,6 +260,7 @@ def suite_scaling() -> dict:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Not JAX's INFO lines (e.g. the absent TPU backend).
   from ohc_jax import conv
   conv.configure_xla_cpu()  # Before JAX starts its backend.
   import jax

@@ -122,8 +122,8 @@ def test_without_shortcuts(kind):
   same labels, counts and rounds."""
   costs = jnp.asarray(table(kind, np.random.default_rng(5), 300, 10))
   counts = jnp.zeros(10, jnp.int32)
-  plain = jax.jit(lambda c, n: assign._parallel(c, n, shortcuts=False))(costs, counts)
-  short = jax.jit(lambda c, n: assign._parallel(c, n, shortcuts=True))(costs, counts)
+  plain = jax.jit(lambda c, n: assign._parallel(c, n, False, handover_rate=0))(costs, counts)
+  short = jax.jit(lambda c, n: assign._parallel(c, n, True, handover_rate=0))(costs, counts)
   expected, expected_counts = definition(np.asarray(costs))
   np.testing.assert_array_equal(np.asarray(plain[0]), expected)
   np.testing.assert_array_equal(np.asarray(plain[1]), expected_counts)
@@ -140,21 +140,43 @@ def test_signed_zeros_tie():
       assert_all_agree(costs.astype(dtype))
 
 
+_rounds_alone = jax.jit(lambda c, n: assign._parallel(c, n, True, handover_rate=0))
+
+
 def test_round_count_on_realistic_tables():
   costs = jnp.asarray(table('blobs', np.random.default_rng(3), 1024, 100))
   _, _, rounds = _parallel(costs, jnp.zeros(100, jnp.int32))
   assert int(rounds) <= 1024 // 16  # Measured: 20-30 rounds, against 1024 sequential steps.
   costs = jnp.asarray(table('integer', np.random.default_rng(3), 256, 10))
-  _, _, rounds = _parallel(costs, jnp.zeros(10, jnp.int32))
+  _, _, rounds = _rounds_alone(costs, jnp.zeros(10, jnp.int32))
   assert int(rounds) < 256  # Ties resolved lexicographically commit several pairs per round.
+
+
+@pytest.mark.parametrize('kind', ['staircase', 'integer', 'blobs'])
+def test_hand_over_after_any_round_gives_the_definition(kind):
+  """The sequential loop finishes from any state the rounds reach: handing over after the first
+  round (rate inf), at a moderate rate, or never (rate 0), the labels are the definition's."""
+  if kind == 'staircase':  # One pair a round: the rounds alone take B.
+    costs = (np.arange(256)[:, None] * 1e-3 + np.arange(10)[None] * 1e-2).astype(np.float32)
+  else:
+    costs = table(kind, np.random.default_rng(6), 256, 10)
+  expected, expected_counts = definition(costs)
+  for rate in (float('inf'), 4.0, 0.0):
+    fn = jax.jit(lambda c, n, rate=rate: assign._parallel(c, n, True, handover_rate=rate))
+    labels, counts, iterations = fn(jnp.asarray(costs), jnp.zeros(10, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(labels), expected)
+    np.testing.assert_array_equal(np.asarray(counts), expected_counts)
+    if kind == 'staircase':
+      assert int(iterations) == 256
+  assert assign.handover_rate(256, 10, 'cpu') > 1 and assign.handover_rate(4096, 100, 'cpu') == 1
 
 
 @pytest.mark.parametrize('batch,num_clusters', [(256, 10), (1024, 100), (100, 7)])
 def test_all_equal_tables_take_about_b_over_k_rounds(batch, num_clusters):
   """Queue runs give each of the K tied clusters one point a round: ceil(B / K) + 1 rounds
   (measured 26, 11 and 15), where one pair a round would take B."""
-  _, counts, rounds = _parallel(jnp.full((batch, num_clusters), 1.5), jnp.zeros(num_clusters,
-                                                                               jnp.int32))
+  _, counts, rounds = _rounds_alone(jnp.full((batch, num_clusters), 1.5),
+                                    jnp.zeros(num_clusters, jnp.int32))
   assert int(rounds) <= -(-batch // num_clusters) + 1
   assert int(counts.max()) - int(counts.min()) <= 1
 
