@@ -138,7 +138,7 @@ def training_tables(config, epochs: int) -> dict:
   ...}, taken by the train step's own forward pass just before each step."""
   import jax
   import numpy as np
-  from ohc_jax import input_pipeline, models, parallel
+  from ohc_jax import imbalance, input_pipeline, models, parallel
   from ohc_jax import steps as steps_lib
   from ohc_jax.clusters import param_costs
   from ohc_jax.methods import make_method
@@ -157,7 +157,8 @@ def training_tables(config, epochs: int) -> dict:
     z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
                        models.preprocess(images, data.scale, data.offset), train=True,
                        mutable=['batch_stats'])
-    return param_costs(z, state.params, config.sigma, state.log_prior)
+    return param_costs(z, state.params, config.sigma,
+                       imbalance.cost_log_prior(config, state.log_prior))  # As the step.
 
   feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed)
   tables = {}

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ohc_jax import assign
+import assign_tables
 from assign_tables import definition
 
 
@@ -156,10 +157,9 @@ def test_round_count_on_realistic_tables():
 def test_hand_over_after_any_round_gives_the_definition(kind):
   """The sequential loop finishes from any state the rounds reach: handing over after the first
   round (rate inf), at a moderate rate, or never (rate 0), the labels are the definition's."""
-  if kind == 'staircase':  # One pair a round: the rounds alone take B.
-    costs = (np.arange(256)[:, None] * 1e-3 + np.arange(10)[None] * 1e-2).astype(np.float32)
-  else:
-    costs = table(kind, np.random.default_rng(6), 256, 10)
+  rng = np.random.default_rng(6)  # The staircase commits one pair a round: the rounds alone take B.
+  make = assign_tables.table if kind == 'staircase' else table
+  costs = make(kind, rng, 256, 10, np.float32)
   expected, expected_counts = definition(costs)
   for rate in (float('inf'), 4.0, 0.0):
     fn = jax.jit(lambda c, n, rate=rate: assign._parallel(c, n, True, handover_rate=rate))
