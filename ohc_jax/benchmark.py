@@ -60,21 +60,21 @@ def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
   with the given method."""
   import jax
   import numpy as np
-  from ohc_jax import configuration, models, parallel
+  from ohc_jax import configuration, models, sharding
   from ohc_jax import steps as steps_lib
   from ohc_jax.methods import make_method
   from ohc_jax.train_state import create_train_state, make_optimizer
   config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, 'cifar10.py'))
   config.update(method=method, batch_size=batch_size, num_devices=num_devices,
                 assign_impl=assign_impl)
-  mesh = parallel.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   model, tx = models.make_encoder(config), make_optimizer(config)
   state = jax.device_put(create_train_state(config, model, tx, (32, 32, 3), jax.random.key(0)),
-                         parallel.replicated(mesh))
+                         sharding.replicated(mesh))
   step = steps_lib.make_train_step(config, model, tx, make_method(config), mesh, 1 / 127.5, -1.0,
                                    steps_per_epoch=60000 // batch_size)  # CIFAR-10, paper protocol.
   rng = np.random.default_rng(0)
-  batches = [parallel.to_global({'image': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
+  batches = [sharding.to_global({'image': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
                                  'label': np.zeros(batch_size, np.int64)}, mesh)
              for _ in range(4)]
   seconds, _ = _timed_steps(step, state, batches, steps, repeats)
@@ -138,17 +138,17 @@ def training_tables(config, epochs: int) -> dict:
   ...}, taken by the train step's own forward pass just before each step."""
   import jax
   import numpy as np
-  from ohc_jax import imbalance, input_pipeline, models, parallel
+  from ohc_jax import imbalance, input_pipeline, models, sharding
   from ohc_jax import steps as steps_lib
-  from ohc_jax.clusters import param_costs
+  from ohc_jax.costs import param_costs
   from ohc_jax.methods import make_method
   from ohc_jax.train_state import create_train_state, make_optimizer
   config.update(num_devices=1, num_epochs=epochs)
-  mesh = parallel.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   data = input_pipeline.load(config)
   model, tx = models.make_encoder(config), make_optimizer(config)
   state = jax.device_put(create_train_state(config, model, tx, data.train.images.shape[1:],
-                                            jax.random.key(config.seed)), parallel.replicated(mesh))
+                                            jax.random.key(config.seed)), sharding.replicated(mesh))
   step = steps_lib.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
                                    data.offset)
 
@@ -165,7 +165,7 @@ def training_tables(config, epochs: int) -> dict:
   for epoch in range(1, epochs + 1):
     taken = []
     for batch in feed.epoch(epoch):
-      batch = parallel.to_global(batch, mesh)
+      batch = sharding.to_global(batch, mesh)
       if epoch in (1, epochs):
         taken.append(np.asarray(costs_of(state, batch['image'])))
       state, _ = step(state, batch)

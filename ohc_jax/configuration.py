@@ -10,7 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ohc_jax import imbalance
-from ohc_jax.clusters import COVARIANCES
+from ohc_jax.costs import COVARIANCES
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import IMAGE_METHODS, METHODS, SOFT_TRAIN_METHODS
 

@@ -176,14 +176,14 @@ def predict_chunks(trained, chunks) -> Iterator[tuple[list, np.ndarray, np.ndarr
   """(ids, cluster, cost) per chunk: the jitted evaluation step over every device, padded."""
   import jax
 
-  from ohc_jax import parallel
+  from ohc_jax import sharding
   batch = trained.config.eval_batch_size
   for ids, images in chunks:
     n = len(images)
     if n < batch:
       pad = np.zeros((batch - n,) + images.shape[1:], images.dtype)
       images = np.concatenate([images, pad])
-    out = trained.eval_step(trained.state, parallel.to_global({'image': images}, trained.mesh))
+    out = trained.eval_step(trained.state, sharding.to_global({'image': images}, trained.mesh))
     out = jax.device_get({'cluster': out['cluster'], 'cost': out['cost']})
     yield ids, np.asarray(out['cluster'])[:n], np.asarray(out['cost'])[:n]
 
@@ -223,7 +223,7 @@ def run(argv=None) -> int:
     if not (args.input.startswith('tfds:') or os.path.exists(args.input)):
       raise UsageError(f'--input={args.input} does not exist: give a folder of images, a .npy/'
                        f'.npz file or tfds:NAME:SPLIT')
-    from ohc_jax.trained import load_trained
+    from ohc_jax.inference import load_trained
     trained = load_trained(args.workdir, step=args.step, num_devices=args.num_devices,
                            eval_batch_size=args.batch_size)
     meta = trained.meta

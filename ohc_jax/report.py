@@ -15,7 +15,7 @@ from ohc_jax.errors import UsageError
 
 def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: str = None) -> list:
   """Writes the plots of the run in workdir; returns their paths."""
-  from ohc_jax.trained import load_trained
+  from ohc_jax.inference import load_trained
   if not os.path.isdir(workdir):
     raise UsageError(f'{workdir} does not exist: name the workdir of a training run')
   trained = load_trained(workdir, step=step)

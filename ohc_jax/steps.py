@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ohc_jax import assign, imbalance, methods, parallel
-from ohc_jax.clusters import param_costs
+from ohc_jax import assign, imbalance, methods, sharding
+from ohc_jax.costs import param_costs
 from ohc_jax.models import CKMDecoder, preprocess
 
 
@@ -79,7 +79,7 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
                'method': method_metrics}
     return new.replace(bad_step=bad), metrics
 
-  rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(step, in_shardings=(rep, data),
                  out_shardings=(rep, {'loss': rep, 'labels': data, 'batch_sizes': rep,
                                       'method': rep}),
@@ -109,6 +109,6 @@ def make_eval_step(config, model, mesh, scale: float, offset: float):
       out['constrained'] = assign.combination_assign(costs, impl=config.assign_impl)[0]
     return out
 
-  data = parallel.batch_sharded(mesh)
-  return jax.jit(step, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+  data = sharding.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(sharding.replicated(mesh), data), out_shardings=data)
 

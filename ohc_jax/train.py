@@ -12,8 +12,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from ohc_jax import (checkpoints, clusters, configuration, imbalance, input_pipeline, interrupts,
-                     logging_utils, metrics, models, parallel, probes, steps)
+from ohc_jax import (checkpoints, configuration, costs, imbalance, input_pipeline, interrupts,
+                     logging_utils, metrics, models, sharding, probes, steps)
 from ohc_jax import workdir as workdir_rules
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import make_method
@@ -30,7 +30,7 @@ def evaluate(eval_step, state, split, config, mesh) -> dict:
   outputs = []
   for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
                                                   jax.process_index(), jax.process_count()):
-    outputs.append((eval_step(state, parallel.to_global(batch, mesh)), valid))
+    outputs.append((eval_step(state, sharding.to_global(batch, mesh)), valid))
   gathered = [(multihost_utils.process_allgather(out, tiled=True), valid)
               for out, valid in outputs]
   outputs = {key: np.concatenate([out[key][:valid] for out, valid in gathered])
@@ -69,8 +69,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   """
   configuration.validate(config)
   resume = workdir_rules.check_workdir(config, workdir, overwrite)
-  parallel.maybe_initialize_distributed(config)
-  mesh = parallel.make_mesh(config)
+  sharding.maybe_initialize_distributed(config)
+  mesh = sharding.make_mesh(config)
   data = input_pipeline.load(config)
   if len(data.train) < config.batch_size:
     raise UsageError(f'batch_size={config.batch_size} exceeds the {len(data.train)} training '
@@ -87,7 +87,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
 
   model = models.make_encoder(config)
   tx = make_optimizer(config)
-  rep = parallel.replicated(mesh)
+  rep = sharding.replicated(mesh)
   state = jax.device_put(create_train_state(config, model, tx, data.train.images.shape[1:],
                                             jax.random.key(config.seed)), rep)
   feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
@@ -132,7 +132,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         start = last_log = time.time()
         loss_sum = jnp.asarray(pos.loss_sum if first else 0.0, jnp.float32)
         for i, batch in enumerate(feed.epoch(epoch, first), start=first):
-          state, step_metrics = train_step(state, parallel.to_global(batch, mesh))
+          state, step_metrics = train_step(state, sharding.to_global(batch, mesh))
           loss_sum = loss_sum + step_metrics['loss']
           bar.update(config.batch_size)
           ckpt.poll()
@@ -166,7 +166,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                                                   config.prior_matching)
           state = state.replace(log_prior=jax.device_put(log_prior, rep))
         if config.covariance == 'estimated':  # From this evaluation's encodings and clusters.
-          precision, why = clusters.estimate_precisions(outputs['z'], outputs['cluster'],
+          precision, why = costs.estimate_precisions(outputs['z'], outputs['cluster'],
                                                         config.num_clusters, config.sigma)
           if precision is None:
             logging.warning('epoch %d: covariances not re-estimated: %s', epoch, why)

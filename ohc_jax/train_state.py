@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ohc_jax import clusters, models
+from ohc_jax import costs, models
 
 
 @flax.struct.dataclass
@@ -29,13 +29,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def create_train_state(config, model, tx, input_shape, rng) -> TrainState:
   """Initial state: encoder from `model.init`, centroids drawn from N(0, 1), uniform prior, the
-  precisions of config.covariance (clusters.covariance_params) and, for `ckm`, its decoder (from
+  precisions of config.covariance (costs.covariance_params) and, for `ckm`, its decoder (from
   its own stream of `rng`, so that the other draws are those of every method)."""
   enc_rng, centroid_rng = jax.random.split(rng)
   variables = model.init(enc_rng, jnp.zeros((2,) + tuple(input_shape), jnp.float32), train=False)
   centroids = jax.random.normal(centroid_rng, (config.num_clusters, config.latent_dim), jnp.float32)
   params = {'encoder': variables['params'], 'centroids': centroids,
-            **clusters.covariance_params(config)}
+            **costs.covariance_params(config)}
   if config.method == 'ckm':
     decoder = models.CKMDecoder(tuple(input_shape), config.latent_dim)
     params['decoder'] = decoder.init(jax.random.fold_in(rng, 1), centroids[:2])['params']

@@ -18,7 +18,7 @@ from ohc_jax import checkpoints, configuration, interrupts, steps, train
 from ohc_jax import workdir as workdir_rules
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
-from ohc_jax.trained import load_trained
+from ohc_jax.inference import load_trained
 
 pytestmark = pytest.mark.slow  # Every test trains a model (most share a module fixture that does).
 
@@ -251,14 +251,14 @@ def test_sigterm_saves_a_checkpoint_and_stops_then_resumes_exactly(finished, tmp
 
 def test_a_checkpoint_of_an_older_state_restores_with_new_fields_initialised(tmp_path, capsys):
   import flax
-  from ohc_jax import models, parallel
+  from ohc_jax import models, sharding
   from ohc_jax.train_state import create_train_state, make_optimizer
 
   c = _digits()
-  mesh = parallel.make_mesh(c)
+  mesh = sharding.make_mesh(c)
   model, tx = models.make_encoder(c), make_optimizer(c)
   state = jax.device_put(create_train_state(c, model, tx, (8, 8, 1), jax.random.key(1)),
-                         parallel.replicated(mesh))
+                         sharding.replicated(mesh))
   fields = [f.name for f in dataclasses.fields(state)]
   Old = flax.struct.dataclass(type('Old', (), {'__annotations__': {f: object for f in fields[:-1]}}))
   old = Old(**{f: getattr(state, f) for f in fields[:-1]}).replace(step=state.step + 7)
@@ -266,7 +266,7 @@ def test_a_checkpoint_of_an_older_state_restores_with_new_fields_initialised(tmp
   ckpt.save(old, {'epoch': 1, 'step_in_epoch': 7})
   ckpt.close()
   template = jax.device_put(create_train_state(c, model, tx, (8, 8, 1), jax.random.key(2)),
-                            parallel.replicated(mesh))
+                            sharding.replicated(mesh))
   restored = checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(template)
   assert restored.step == 7 and f'{fields[-1]} initialised afresh' in capsys.readouterr().err
   np.testing.assert_array_equal(restored.state.params['centroids'], state.params['centroids'])

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, input_pipeline, methods, models, parallel, steps, train
-from ohc_jax.clusters import param_costs
+from ohc_jax import configuration, input_pipeline, methods, models, sharding, steps, train
+from ohc_jax.costs import param_costs
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
-from ohc_jax.trained import load_trained
+from ohc_jax.inference import load_trained
 
 
 @pytest.mark.parametrize('shape', [(32, 32, 3), (28, 28, 1), (8, 8, 1), (96, 96, 3)])
@@ -47,16 +47,16 @@ def _ckm_setup(config):
   """One step per epoch, two epochs: step 0 pretrains, step 1 adds the clustering term."""
   config.method, config.num_epochs = 'ckm', 2
   data = input_pipeline.load(config)
-  mesh = parallel.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   model, tx = models.make_encoder(config), make_optimizer(config)
   state = jax.device_put(
       create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0)),
-      parallel.replicated(mesh))
+      sharding.replicated(mesh))
   step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
                                data.offset, steps_per_epoch=1)
   batch = {'image': data.train.images[:128], 'label': data.train.labels[:128]}
   x = models.preprocess(batch['image'], data.scale, data.offset)
-  return data, mesh, model, state, step, parallel.to_global(batch, mesh), x
+  return data, mesh, model, state, step, sharding.to_global(batch, mesh), x
 
 
 def _costs(model, state, x, config, encoder=None):

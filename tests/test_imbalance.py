@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, imbalance, models, parallel, steps, train
+from ohc_jax import configuration, imbalance, models, sharding, steps, train
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
@@ -52,12 +52,12 @@ def _step_outputs(config, log_prior):
   """Training-step labels and evaluation clusters of one digits batch with `log_prior` set."""
   config.num_devices = 1
   data = train.input_pipeline.load(config)
-  mesh = parallel.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   model, tx = models.make_encoder(config), make_optimizer(config)
   state = create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0))
   state = jax.device_put(state.replace(log_prior=jnp.asarray(log_prior, jnp.float32)),
-                         parallel.replicated(mesh))
-  batch = parallel.to_global({'image': data.train.images[:256]}, mesh)
+                         sharding.replicated(mesh))
+  batch = sharding.to_global({'image': data.train.images[:256]}, mesh)
   eval_step = steps.make_eval_step(config, model, mesh, data.scale, data.offset)
   clusters = np.asarray(eval_step(state, batch)['cluster'])
   step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ohc_jax import configuration, methods, models, train
-from ohc_jax.clusters import cluster_costs
+from ohc_jax.costs import cluster_costs
 from ohc_jax.errors import UsageError
 
 

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import assign, clusters, input_pipeline, methods, models, parallel, steps, train
+from ohc_jax import assign, costs as cost_fns, input_pipeline, methods, models, sharding, steps, train
 from ohc_jax.errors import UsageError
 from ohc_jax.train_state import create_train_state, make_optimizer
-from ohc_jax.trained import load_trained
+from ohc_jax.inference import load_trained
 
 
 def _state(config):
@@ -51,7 +51,7 @@ def test_soft_train_with_a_loss_of_its_own_is_refused(digits_config):
 def test_warm_start_puts_centroids_on_the_first_encodings(digits_config):
   digits_config.warm_start = True
   data, model, state = _state(digits_config)
-  rep = parallel.replicated(parallel.make_mesh(digits_config))
+  rep = sharding.replicated(sharding.make_mesh(digits_config))
   warmed = train._warm_start(digits_config, model, state, data, rep)
   first = input_pipeline.epoch_permutation(len(data.train), digits_config.seed, 1)
   x = models.preprocess(data.train.images[first[:digits_config.batch_size]], data.scale,
@@ -74,8 +74,8 @@ def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config
   digits_config.constrained_eval = True
   digits_config.eval_batch_size = 200  # 1797 points: the last batch is padded.
   data, model, state = _state(digits_config)
-  mesh = parallel.make_mesh(digits_config)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  mesh = sharding.make_mesh(digits_config)
+  state = jax.device_put(state, sharding.replicated(mesh))
   eval_step = steps.make_eval_step(digits_config, model, mesh, data.scale, data.offset)
   out = train.evaluate(eval_step, state, data.eval, digits_config, mesh)
   assert out['cluster'].shape == (len(data.eval),)
@@ -84,7 +84,7 @@ def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config
     x = models.preprocess(data.eval.images[start:start + 200], data.scale, data.offset)
     z = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
                     train=False)
-    costs = clusters.cluster_costs(z, state.params['centroids'], digits_config.sigma,
+    costs = cost_fns.cluster_costs(z, state.params['centroids'], digits_config.sigma,
                                    state.log_prior)
     expected.append(np.asarray(assign.combination_assign(costs)[0]))
   np.testing.assert_array_equal(out['cluster'], np.concatenate(expected))
@@ -96,13 +96,13 @@ def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config
 def test_learned_diagonal_starts_at_the_fixed_cost_and_is_trained(digits_config):
   digits_config.covariance = 'learned_diagonal'
   params = {'centroids': jax.random.normal(jax.random.key(0), (10, 32)),
-            **clusters.covariance_params(digits_config)}
+            **cost_fns.covariance_params(digits_config)}
   z = jax.random.normal(jax.random.key(1), (16, 32))
   zero = jnp.zeros(10)
-  fixed = clusters.cluster_costs(z, params['centroids'], digits_config.sigma, zero)
-  np.testing.assert_allclose(clusters.param_costs(z, params, digits_config.sigma, zero), fixed,
+  fixed = cost_fns.cluster_costs(z, params['centroids'], digits_config.sigma, zero)
+  np.testing.assert_allclose(cost_fns.param_costs(z, params, digits_config.sigma, zero), fixed,
                              rtol=1e-4, atol=1e-4)
-  grad = jax.grad(lambda p: clusters.param_costs(z, p, digits_config.sigma, zero).mean())(params)
+  grad = jax.grad(lambda p: cost_fns.param_costs(z, p, digits_config.sigma, zero).mean())(params)
   assert float(jnp.abs(grad['log_precision']).sum()) > 0
 
 
@@ -111,12 +111,12 @@ def test_estimated_precisions_and_the_too_few_points_case():
   scales = np.array([1.0, 3.0])
   z = np.concatenate([rng.normal(size=(4000, 2)) * scales, rng.normal(size=(4000, 2)) + 10])
   labels = np.repeat([0, 1], 4000)
-  precision, why = clusters.estimate_precisions(z, labels, 2, sigma=1.0)
+  precision, why = cost_fns.estimate_precisions(z, labels, 2, sigma=1.0)
   assert why is None
   # Cluster 0's precisions are 1 / variances (up to the common rescaling): ratio 9 along axis 0.
   ratio = precision[0, 0, 0] / precision[0, 1, 1]
   assert abs(ratio - 9) < 0.6
-  precision, why = clusters.estimate_precisions(z, np.r_[np.zeros(7999, int), 1], 2, sigma=1.0)
+  precision, why = cost_fns.estimate_precisions(z, np.r_[np.zeros(7999, int), 1], 2, sigma=1.0)
   assert precision is None and 'clusters [1] hold [1] points' in why
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ohc_jax import configuration, input_pipeline, predict, train
 from ohc_jax.configuration import CONFIG_DIR
-from ohc_jax.trained import load_trained
+from ohc_jax.inference import load_trained
 
 pytestmark = pytest.mark.slow  # Every test uses a module fixture that trains a model.
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import input_pipeline, methods, models, parallel, steps, train
-from ohc_jax.clusters import cluster_costs
+from ohc_jax import input_pipeline, methods, models, sharding, steps, train
+from ohc_jax.costs import cluster_costs
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
 
@@ -17,11 +17,11 @@ pytestmark = pytest.mark.slow  # Every test trains a model.
 def _setup(config, num_devices=1):
   config.num_devices = num_devices
   data = input_pipeline.load(config)
-  mesh = parallel.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   model, tx = models.make_encoder(config), make_optimizer(config)
   state = jax.device_put(
       create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0)),
-      parallel.replicated(mesh))
+      sharding.replicated(mesh))
   step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
                                data.offset)
   batch = {'image': data.train.images[:128], 'label': data.train.labels[:128]}
@@ -32,7 +32,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch(digits_config):
   _, mesh, _, state, step, batch = _setup(digits_config)
   losses = []
   for _ in range(30):
-    state, m = step(state, parallel.to_global(batch, mesh))
+    state, m = step(state, sharding.to_global(batch, mesh))
     losses.append(float(m['loss']))
   assert int(state.step) == 30 and int(state.bad_step) == -1
   assert losses[-1] < 0.8 * losses[0]
@@ -57,11 +57,11 @@ def test_gradients_reach_encoder_and_centroids(digits_config):
 
 def test_non_finite_input_stops_the_run_naming_the_step(digits_config):
   _, mesh, _, state, step, batch = _setup(digits_config)
-  state, _ = step(state, parallel.to_global(batch, mesh))
+  state, _ = step(state, sharding.to_global(batch, mesh))
   good = jax.device_get(state.params)
   bad = dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))
-  state, _ = step(state, parallel.to_global(bad, mesh))
-  state, _ = step(state, parallel.to_global(batch, mesh))
+  state, _ = step(state, sharding.to_global(bad, mesh))
+  state, _ = step(state, sharding.to_global(batch, mesh))
   assert int(state.bad_step) == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), good)
   with pytest.raises(train.NonFiniteError, match='step 1'):
@@ -106,7 +106,7 @@ def test_entropy_reference_reports_the_entries_it_refused_in_the_step_logs(digit
                      train=True, mutable=['batch_stats'])
   costs = cluster_costs(z, state.params['centroids'], digits_config.sigma, state.log_prior)
   expected = int(methods.refused_entries(costs + methods.log_normaliser(digits_config)))
-  _, m = step(state, parallel.to_global(batch, mesh))
+  _, m = step(state, sharding.to_global(batch, mesh))
   assert int(m['method']['refused_entries']) == expected > 0
   digits_config.num_epochs = 1
   train.train_and_evaluate(digits_config, str(tmp_path / 'run'))

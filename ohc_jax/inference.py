@@ -31,7 +31,7 @@ def load_trained(workdir: str, *, step: Optional[int] = None, num_devices: int =
                           f'or empty): train there first, python -m ohc_jax.main --workdir={workdir}')
   import jax
 
-  from ohc_jax import configuration, models, parallel, steps
+  from ohc_jax import configuration, models, sharding, steps
   from ohc_jax.train_state import create_train_state, make_optimizer
 
   ckpt = Checkpointer(workdir, read_only=True, lead=jax.process_index() == 0)
@@ -44,12 +44,12 @@ def load_trained(workdir: str, *, step: Optional[int] = None, num_devices: int =
   batch = eval_batch_size or config.eval_batch_size
   config.eval_batch_size = -(-batch // n) * n
   config.batch_size = n  # Not used for inference; any multiple of n passes make_mesh.
-  mesh = parallel.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   model = models.make_encoder(config)
   tx = make_optimizer(config)
   template = jax.device_put(
       create_train_state(config, model, tx, tuple(meta['input_shape']), jax.random.key(0)),
-      parallel.replicated(mesh))
+      sharding.replicated(mesh))
   restored = ckpt.restore(template, step=step)
   ckpt.close()
   eval_step = steps.make_eval_step(config, model, mesh, restored.meta['scale'],

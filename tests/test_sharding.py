@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from ohc_jax import assign, input_pipeline, models, parallel, steps
+from ohc_jax import assign, input_pipeline, models, sharding, steps
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import log_normaliser, make_method, refused_entries
@@ -19,14 +19,14 @@ from ohc_jax.train_state import create_train_state, make_optimizer
 
 def _run_steps(config, num_devices, batches):
   config.num_devices = num_devices
-  mesh = parallel.make_mesh(config)
+  mesh = sharding.make_mesh(config)
   model, tx = models.make_encoder(config), make_optimizer(config)
   state = jax.device_put(create_train_state(config, model, tx, (8, 8, 1), jax.random.key(0)),
-                         parallel.replicated(mesh))
+                         sharding.replicated(mesh))
   step = steps.make_train_step(config, model, tx, make_method(config), mesh, 1 / 16, 0.0)
   labels = []
   for batch in batches:
-    state, m = step(state, parallel.to_global(batch, mesh))
+    state, m = step(state, sharding.to_global(batch, mesh))
     labels.append(np.asarray(m['labels']))
   return jax.device_get(state.params), labels
 
@@ -57,21 +57,21 @@ def test_eight_devices_match_one_device(digits_config):
 def test_device_scope_assigns_each_shard_on_its_own(digits_config):
   digits_config.assignment_scope = 'device'
   digits_config.num_devices = 8
-  mesh = parallel.make_mesh(digits_config)
+  mesh = sharding.make_mesh(digits_config)
   model, tx = models.make_encoder(digits_config), make_optimizer(digits_config)
   state = create_train_state(digits_config, model, tx, (8, 8, 1), jax.random.key(0))
   batch = _digits_batches(digits_config, 1)[0]
   x = models.preprocess(batch['image'], 1 / 16, 0.0)
   z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
                      train=True, mutable=['batch_stats'])
-  from ohc_jax.clusters import cluster_costs
+  from ohc_jax.costs import cluster_costs
   costs = np.asarray(cluster_costs(z, state.params['centroids'], digits_config.sigma,
                                    state.log_prior))
   expected = np.concatenate([np.asarray(assign.combination_assign(shard)[0])
                              for shard in np.split(costs, 8)])
   step = steps.make_train_step(digits_config, model, tx, make_method(digits_config), mesh,
                                1 / 16, 0.0)
-  _, m = step(jax.device_put(state, parallel.replicated(mesh)), parallel.to_global(batch, mesh))
+  _, m = step(jax.device_put(state, sharding.replicated(mesh)), sharding.to_global(batch, mesh))
   np.testing.assert_array_equal(np.asarray(m['labels']), expected)
   global_labels = np.asarray(assign.combination_assign(costs)[0])
   assert not np.array_equal(global_labels, expected)  # The scopes really differ.
@@ -81,7 +81,7 @@ def test_batch_must_divide_by_device_count(digits_config):
   digits_config.batch_size = 100
   digits_config.num_devices = 8
   with pytest.raises(UsageError, match='multiple of 8'):
-    parallel.make_mesh(digits_config)
+    sharding.make_mesh(digits_config)
 
 
 def _free_port():
@@ -122,18 +122,18 @@ def test_device_scope_sums_the_methods_counts_over_the_shards(digits_config):
   (each with its own batch-mean row)."""
   digits_config.update(assignment_scope='device', num_devices=8, method='entropy_reference',
                        sigma=3.0)
-  mesh = parallel.make_mesh(digits_config)
+  mesh = sharding.make_mesh(digits_config)
   model, tx = models.make_encoder(digits_config), make_optimizer(digits_config)
   state = create_train_state(digits_config, model, tx, (8, 8, 1), jax.random.key(0))
   batch = _digits_batches(digits_config, 1)[0]
   z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
                      models.preprocess(batch['image'], 1 / 16, 0.0), train=True,
                      mutable=['batch_stats'])
-  from ohc_jax.clusters import cluster_costs
+  from ohc_jax.costs import cluster_costs
   costs = np.asarray(cluster_costs(z, state.params['centroids'], 3.0, state.log_prior)
                      + log_normaliser(digits_config))
   expected = sum(int(refused_entries(shard)) for shard in np.split(costs, 8))
   step = steps.make_train_step(digits_config, model, tx, make_method(digits_config), mesh,
                                1 / 16, 0.0)
-  _, m = step(jax.device_put(state, parallel.replicated(mesh)), parallel.to_global(batch, mesh))
+  _, m = step(jax.device_put(state, sharding.replicated(mesh)), sharding.to_global(batch, mesh))
   assert int(m['method']['refused_entries']) == expected > 0
