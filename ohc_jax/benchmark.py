@@ -58,26 +58,17 @@ def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
                      num_devices: int = 1, assign_impl: str = 'parallel') -> float:
   """Images/s of the reference's default CIFAR-10 setup (simp encoder, K=10; docs/fidelity.md)
   with the given method."""
-  import jax
   import numpy as np
-  from ohc_jax import configuration, models, sharding
-  from ohc_jax import steps as steps_lib
-  from ohc_jax.methods import make_method
-  from ohc_jax.train_state import create_train_state, make_optimizer
+  from ohc_jax import configuration, experiment
   config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, 'cifar10.py'))
   config.update(method=method, batch_size=batch_size, num_devices=num_devices,
                 assign_impl=assign_impl)
-  mesh = sharding.make_mesh(config)
-  model, tx = models.make_encoder(config), make_optimizer(config)
-  state = jax.device_put(create_train_state(config, model, tx, (32, 32, 3), jax.random.key(0)),
-                         sharding.replicated(mesh))
-  step = steps_lib.make_train_step(config, model, tx, make_method(config), mesh, 1 / 127.5, -1.0,
-                                   steps_per_epoch=60000 // batch_size)  # CIFAR-10, paper protocol.
+  exp = experiment.build(config, experiment.InputSpec((32, 32, 3), 'uint8', 1 / 127.5, -1.0,
+                                                      num_train=60000))  # CIFAR-10's.
   rng = np.random.default_rng(0)
-  batches = [sharding.to_global({'image': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
-                                 'label': np.zeros(batch_size, np.int64)}, mesh)
-             for _ in range(4)]
-  seconds, _ = _timed_steps(step, state, batches, steps, repeats)
+  batches = [exp.to_global({'image': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
+                            'label': np.zeros(batch_size, np.int64)}) for _ in range(4)]
+  seconds, _ = _timed_steps(exp.train_step, exp.init_state(seed=0), batches, steps, repeats)
   return batch_size / seconds
 
 
@@ -138,19 +129,12 @@ def training_tables(config, epochs: int) -> dict:
   ...}, taken by the train step's own forward pass just before each step."""
   import jax
   import numpy as np
-  from ohc_jax import imbalance, input_pipeline, models, sharding
-  from ohc_jax import steps as steps_lib
+  from ohc_jax import experiment, imbalance, input_pipeline, models
   from ohc_jax.costs import param_costs
-  from ohc_jax.methods import make_method
-  from ohc_jax.train_state import create_train_state, make_optimizer
   config.update(num_devices=1, num_epochs=epochs)
-  mesh = sharding.make_mesh(config)
   data = input_pipeline.load(config)
-  model, tx = models.make_encoder(config), make_optimizer(config)
-  state = jax.device_put(create_train_state(config, model, tx, data.train.images.shape[1:],
-                                            jax.random.key(config.seed)), sharding.replicated(mesh))
-  step = steps_lib.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
-                                   data.offset)
+  exp = experiment.build(config, experiment.InputSpec.of(data))
+  state, model = exp.init_state(), exp.model
 
   @jax.jit
   def costs_of(state, images):
@@ -165,10 +149,10 @@ def training_tables(config, epochs: int) -> dict:
   for epoch in range(1, epochs + 1):
     taken = []
     for batch in feed.epoch(epoch):
-      batch = sharding.to_global(batch, mesh)
+      batch = exp.to_global(batch)
       if epoch in (1, epochs):
         taken.append(np.asarray(costs_of(state, batch['image'])))
-      state, _ = step(state, batch)
+      state, _ = exp.train_step(state, batch)
     if epoch == 1:
       tables['init'] = taken[:1]
     if taken:

@@ -81,6 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500  # Also at each epoch's end; 0: at epochs' ends only.
   c.keep_checkpoints = 3  # The latest checkpoints kept in WORKDIR/checkpoints.
   c.plots_every_epochs = 1  # PNGs in WORKDIR/plots every N epochs and at the last; 0: never.
+  c.profile_steps = 0  # A jax.profiler trace of this many steps (from the run's second) in
+  # WORKDIR/profile on process 0; 0: none.
   return c
 
 
@@ -132,8 +134,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
                      ('hidden_dim', 1), ('latent_dim', 1), ('num_epochs', 1),
                      ('log_every_steps', 1), ('checkpoint_every_steps', 0), ('keep_checkpoints', 1),
-                     ('plots_every_epochs', 0), ('probe_every', 0), ('max_examples', 0),
-                     ('seed', 0), ('num_devices', 0), ('num_processes', 1), ('process_id', 0)):
+                     ('plots_every_epochs', 0), ('profile_steps', 0), ('probe_every', 0),
+                     ('max_examples', 0), ('seed', 0), ('num_devices', 0), ('num_processes', 1), ('process_id', 0)):
     if config[field] is not None:  # num_processes, process_id: None means from the cluster.
       _check(int(config[field]) >= low,
              f'{field} must be >= {low}, got {config[field]}: set --config.{field}=')

@@ -23,38 +23,31 @@ class Trained:
 def load_trained(workdir: str, *, step: Optional[int] = None, num_devices: int = 0,
                  eval_batch_size: Optional[int] = None) -> Trained:
   """The model of a workdir's latest usable checkpoint (or `step`), ready for point-wise inference
-  on every device. Raises UsageError if the workdir or its checkpoints are missing."""
+  on every device, in batches of eval_batch_size (default the run's; rounded up to a multiple of
+  the devices). Raises UsageError if the workdir or its checkpoints are missing."""
   if not os.path.isdir(workdir):
     raise UsageError(f'--workdir={workdir} does not exist: name the workdir of a training run')
   if not committed_steps(workdir):
     raise CheckpointError(f'{workdir} holds no checkpoint ({checkpoint_dir(workdir)} is missing '
                           f'or empty): train there first, python -m ohc_jax.main --workdir={workdir}')
   import jax
+  import ml_collections
 
-  from ohc_jax import configuration, models, sharding, steps
-  from ohc_jax.train_state import create_train_state, make_optimizer
+  from ohc_jax import configuration, experiment, sharding
 
   ckpt = Checkpointer(workdir, read_only=True, lead=jax.process_index() == 0)
   # The config and input description are in every checkpoint's meta; read the latest usable's.
   meta = _read_meta_json(ckpt, step)
-  import ml_collections
   config = ml_collections.ConfigDict({**configuration.base_config().to_dict(), **meta['config']})
-  config.num_devices = num_devices
-  n = num_devices or len(jax.devices())
-  batch = eval_batch_size or config.eval_batch_size
-  config.eval_batch_size = -(-batch // n) * n
-  config.batch_size = n  # Not used for inference; any multiple of n passes make_mesh.
-  mesh = sharding.make_mesh(config)
-  model = models.make_encoder(config)
-  tx = make_optimizer(config)
-  template = jax.device_put(
-      create_train_state(config, model, tx, tuple(meta['input_shape']), jax.random.key(0)),
-      sharding.replicated(mesh))
-  restored = ckpt.restore(template, step=step)
+  mesh = sharding.device_mesh(num_devices)
+  config.eval_batch_size = -(-(eval_batch_size or config.eval_batch_size) // mesh.size) * mesh.size
+  spec = experiment.InputSpec(tuple(meta['input_shape']), meta.get('input_dtype', 'float32'),
+                              meta['scale'], meta['offset'])
+  exp = experiment.build(config, spec, mesh, train=False)
+  restored = ckpt.restore(exp.init_state(seed=0), step=step)
   ckpt.close()
-  eval_step = steps.make_eval_step(config, model, mesh, restored.meta['scale'],
-                                   restored.meta['offset'])
-  return Trained(config, restored.meta, restored.state, restored.step, model, mesh, eval_step)
+  return Trained(config, restored.meta, restored.state, restored.step, exp.model, mesh,
+                 exp.eval_step)
 
 
 def _read_meta_json(ckpt: Checkpointer, step: Optional[int]) -> dict:

@@ -21,22 +21,27 @@ def maybe_initialize_distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def make_mesh(config) -> Mesh:
-  """A 1-D ('data',) mesh over config.num_devices devices (0: all of them)."""
+def device_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D ('data',) mesh over num_devices devices (0: all of them)."""
   devices = jax.devices()
-  n = config.num_devices or len(devices)
+  n = num_devices or len(devices)
   if n > len(devices):
     raise UsageError(f'num_devices={n} but only {len(devices)} devices are visible: lower '
                      f'--config.num_devices (0 uses all)')
   if jax.process_count() > 1 and n != len(devices):
     raise UsageError('multi-process runs use every device: set --config.num_devices=0')
-  if config.batch_size % n:
-    raise UsageError(f'batch_size={config.batch_size} does not divide by {n} devices: set '
-                     f'--config.batch_size to a multiple of {n}')
-  if config.eval_batch_size % n:
-    raise UsageError(f'eval_batch_size={config.eval_batch_size} does not divide by {n} devices: '
-                     f'set --config.eval_batch_size to a multiple of {n}')
   return Mesh(np.array(devices[:n]), ('data',))
+
+
+def make_mesh(config) -> Mesh:
+  """The training mesh: config.num_devices devices, which must divide both batch sizes."""
+  mesh = device_mesh(config.num_devices)
+  n = mesh.size
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] % n:
+      raise UsageError(f'{field}={config[field]} does not divide by {n} devices: set '
+                       f'--config.{field} to a multiple of {n}')
+  return mesh
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,9 +1,13 @@
-"""The training loop: `train_and_evaluate(config, workdir)`."""
+"""The training loop: `train_and_evaluate(config, workdir)`, a flat loop of steps plus periodic
+actions (log, guard, checkpoint, evaluate, epoch outputs, profile), each gated by `itstime`."""
 
+import concurrent.futures
+import dataclasses
 import json
 import os
 import sys
 import time
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -12,16 +16,51 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from ohc_jax import (checkpoints, configuration, costs, imbalance, input_pipeline, interrupts,
-                     logging_utils, metrics, models, sharding, probes, steps)
-from ohc_jax import workdir as workdir_rules
+from ohc_jax import (checkpoints, configuration, experiment, input_pipeline, interrupts,
+                     logging_utils, metrics, probes, resume, sharding, timing)
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import make_method
-from ohc_jax.train_state import create_train_state, make_optimizer
 
 
 class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss, cost or gradient."""
+
+
+def itstime(step: int, every: int, total: Optional[int] = None) -> bool:
+  """Whether an action done every `every` steps (0: never) is due after `step` steps; with
+  `total`, also after the last step."""
+  return bool(every) and (step % every == 0 or step == total)
+
+
+@dataclasses.dataclass
+class Position:
+  """The loop's record beside the state: `epoch` in progress (1-based) and `step_in_epoch` of its
+  steps taken (the data's order is a function of (seed, epoch), so this reproduces it), the epoch's
+  loss sum, the evaluation history and the cluster -> class map of the latest evaluation."""
+  epoch: int = 1
+  step_in_epoch: int = 0
+  loss_sum: float = 0.0
+  history: list = dataclasses.field(default_factory=list)
+  cluster_to_class: Optional[list] = None
+  cluster_to_class_step: Optional[int] = None
+
+  @classmethod
+  def from_meta(cls, meta: dict, steps_per_epoch: int) -> 'Position':
+    pos = cls(int(meta['epoch']), int(meta['step_in_epoch']), float(meta.get('loss_sum', 0.0)),
+              list(meta.get('history', [])), meta.get('cluster_to_class'),
+              meta.get('cluster_to_class_step'))
+    done = pos.history and pos.history[-1]['epoch'] >= pos.epoch
+    if done and pos.step_in_epoch >= steps_per_epoch:  # An epoch-end checkpoint.
+      pos.epoch, pos.step_in_epoch, pos.loss_sum = pos.epoch + 1, 0, 0.0
+    return pos
+
+  def meta(self, exp, data) -> dict:
+    """The checkpoint's JSON item: this record, the input description (for ohc_jax.predict) and
+    the config."""
+    spec = exp.spec
+    return {**dataclasses.asdict(self), 'steps_per_epoch': exp.steps_per_epoch,
+            'class_names': list(data.class_names), 'num_classes': int(data.num_classes),
+            'input_shape': list(spec.shape), 'input_dtype': spec.dtype, 'scale': spec.scale,
+            'offset': spec.offset, 'config': resume.jsonable_config(exp.config)}
 
 
 def evaluate(eval_step, state, split, config, mesh) -> dict:
@@ -40,18 +79,6 @@ def evaluate(eval_step, state, split, config, mesh) -> dict:
   return outputs
 
 
-def epoch_metrics(outputs: dict, split, log_prior) -> dict:
-  prior = np.exp(np.asarray(log_prior, np.float64))
-  return metrics.clustering_metrics(split.labels, outputs['cluster'], outputs['soft'].sum(0),
-                                    prior / prior.sum())
-
-
-def _summary(epoch, config, loss, img_s, m) -> str:
-  return (f'epoch {epoch}/{config.num_epochs}  loss {loss:.4f}  acc {m["acc"]:.4f}  '
-          f'nmi {m["nmi"]:.4f}  ari {m["ari"]:.4f}  kl* {m["kl_star"]:.4f}  '
-          f'clusters {m["num_nonempty"]}/{config.num_clusters}  {img_s:.0f} img/s')
-
-
 def _raise_if_bad(state) -> None:
   bad = int(state.bad_step)
   if bad >= 0:
@@ -59,178 +86,288 @@ def _raise_if_bad(state) -> None:
                          f'of step {bad}; lower --config.learning_rate or check the input data')
 
 
-def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
-  """Trains and evaluates every epoch; writes config.json, metrics.jsonl and results.json.
+def _batches(feed, step: int):
+  """The training batches from global step `step` on, epoch after epoch."""
+  epoch, first = divmod(step, feed.steps_per_epoch)
+  while True:
+    yield from feed.epoch(epoch + 1, first)
+    epoch, first = epoch + 1, 0
 
-  Checkpoints go to WORKDIR/checkpoints every config.checkpoint_every_steps steps and at each
-  epoch's end; an unfinished run in workdir is resumed from its latest usable checkpoint, exactly
-  (checkpoints.py; workdir.py decides between resuming, starting afresh and refusing). SIGTERM or
-  SIGINT saves a checkpoint and raises interrupts.Interrupted.
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop works with besides the state, and closes at its end."""
+  config: Any
+  workdir: str
+  data: Any
+  exp: Any
+  feed: Any
+  ckpt: Any
+  writer: Any
+  bar: Any
+  profile: Any
+  outputs: Any
+
+  def close(self) -> None:
+    for closing in (self.bar, self.profile, self.ckpt, self.writer, self.outputs):
+      closing.close()
+
+
+def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
+  """Trains, evaluating at every epoch's end; writes config.json, metrics.jsonl, steps.jsonl,
+  results.json (last: its presence marks the run finished) and timing.json into workdir.
+
+  Checkpoints every config.checkpoint_every_steps steps and at each epoch's end; a run left
+  unfinished in workdir is resumed exactly (resume.py decides). SIGTERM or SIGINT saves a
+  checkpoint and raises interrupts.Interrupted.
   """
+  clock = timing.Clock()
+  run, state, pos = _start(config, workdir, overwrite, clock)
+  exp, data, ckpt, spe = run.exp, run.data, run.ckpt, run.exp.steps_per_epoch
+  start, total = (pos.epoch - 1) * spe + pos.step_in_epoch, config.num_epochs * spe
+  batches, loss_sum = _batches(run.feed, start), jnp.float32(pos.loss_sum)
+  try:
+    with interrupts.StopOnSignal() as stop:
+      clock.loop(True)
+      for step in range(start, total):
+        pos.epoch, pos.step_in_epoch = step // spe + 1, step % spe + 1
+        if pos.step_in_epoch == 1:
+          state, loss_sum = exp.new_epoch(state), jnp.float32(0.0)
+          run.bar.new_epoch(step)
+        run.profile.step(step)
+        with clock('compile') if step == start else _NO_TIMER:
+          state, step_metrics = exp.train_step(state, exp.to_global(next(batches)))
+          if step == start:
+            jax.block_until_ready(state)
+        loss_sum, done = loss_sum + step_metrics['loss'], step + 1
+        run.bar.update(done)
+        ckpt.poll()
+        if itstime(done, config.log_every_steps):
+          with clock('log'):
+            _raise_if_bad(state)
+            run.writer.write_step(done, run.bar.scalars(pos.epoch, done, step_metrics))
+        signum = stop.agreed() if (jax.process_count() == 1 or itstime(done, spe) or
+                                   itstime(done, config.log_every_steps)) else None
+        if itstime(done, spe):
+          with clock('evaluate'):
+            state, record, out = _evaluate_epoch(exp, state, data, pos, float(loss_sum) / spe,
+                                                 run.bar.epoch_images_per_s(done))
+          with clock('checkpoint'):
+            pos.loss_sum = 0.0
+            ckpt.save(state, pos.meta(exp, data))
+          with clock('epoch outputs'):
+            run.writer.write_epoch(record)
+            run.outputs.submit(pos, state, record, out)
+        elif signum or itstime(done, config.checkpoint_every_steps):
+          with clock('checkpoint'):
+            _raise_if_bad(state)  # Never save a state past a non-finite step.
+            pos.loss_sum = float(loss_sum)
+            ckpt.save(state, pos.meta(exp, data))
+        if signum and done < total:
+          raise interrupts.Interrupted(signum, done, workdir)
+      clock.loop(False)
+  except NonFiniteError as e:
+    ckpt.wait()
+    raise NonFiniteError(f'{e}; the last good checkpoint is '
+                         f'{"step " + str(max(ckpt.steps())) if ckpt.steps() else "none"} in '
+                         f'{checkpoints.checkpoint_dir(workdir)}') from None
+  finally:
+    with clock('finish'):
+      run.close()
+  return _write_results(config, workdir, data, pos.history, clock)
+
+
+def _start(config, workdir: str, overwrite: bool, clock):
+  """Validates, decides between resuming and starting afresh, loads the data, builds the
+  experiment and its state (restored when resuming): (_Run, state, Position)."""
   configuration.validate(config)
-  resume = workdir_rules.check_workdir(config, workdir, overwrite)
+  resuming = resume.decide(config, workdir, overwrite)
   sharding.maybe_initialize_distributed(config)
-  mesh = sharding.make_mesh(config)
-  data = input_pipeline.load(config)
+  lead = jax.process_index() == 0
+  with clock('data'):
+    data = input_pipeline.load(config)
   if len(data.train) < config.batch_size:
     raise UsageError(f'batch_size={config.batch_size} exceeds the {len(data.train)} training '
                      f'points: lower --config.batch_size')
-  lead = jax.process_index() == 0
-  if lead:
-    if overwrite:
-      workdir_rules.clear_outputs(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('ohc_jax_workdir_ready')
-
-  model = models.make_encoder(config)
-  tx = make_optimizer(config)
-  rep = sharding.replicated(mesh)
-  state = jax.device_put(create_train_state(config, model, tx, data.train.images.shape[1:],
-                                            jax.random.key(config.seed)), rep)
-  feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
-                                  jax.process_index(), jax.process_count())
-  train_step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
-                                     data.offset, steps_per_epoch=feed.steps_per_epoch)
-  eval_step = steps.make_eval_step(config, model, mesh, data.scale, data.offset)
-  if config.warm_start and not resume:
-    state = _warm_start(config, model, state, data, rep)
-
-  ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints, lead=lead)
-  pos = checkpoints.Position()
-  if resume:
-    restored = ckpt.restore(state, quarantine=True)
-    workdir_rules.refuse_if_config_differs(restored.meta['config'], config, workdir)
-    state, pos = restored.state, checkpoints.Position.from_meta(restored.meta,
-                                                                feed.steps_per_epoch)
-    if lead:
-      print(f'resuming from the checkpoint of step {restored.step}: epoch {pos.epoch}, step '
-            f'{pos.step_in_epoch} of {feed.steps_per_epoch}', flush=True)
+  if config.warm_start and len(data.train) < config.num_clusters:
+    raise UsageError(f'warm_start needs num_clusters={config.num_clusters} training points, the '
+                     f'data has {len(data.train)}: lower --config.num_clusters or drop warm_start')
+  with clock('build'):
+    exp = experiment.build(config, experiment.InputSpec.of(data))
+    resume.prepare(config, workdir, overwrite)
+    feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
+                                    jax.process_index(), jax.process_count())
+    state, pos = exp.init_state(), Position()
+    if config.warm_start and not resuming:
+      first = input_pipeline.epoch_permutation(len(data.train), config.seed, 1)
+      state = exp.warm_start(state, data.train.images[first[:max(config.num_clusters,
+                                                                   config.batch_size)]])
+    ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints, lead=lead)
+    if resuming:
+      restored = resume.restore(ckpt, state, config, workdir)
+      state, pos = restored.state, Position.from_meta(restored.meta, exp.steps_per_epoch)
+      if lead:
+        print(f'resuming from the checkpoint of step {restored.step}: epoch {pos.epoch}, step '
+              f'{pos.step_in_epoch} of {exp.steps_per_epoch}', flush=True)
   writer = logging_utils.MetricWriter(workdir, enabled=lead, history=pos.history,
-                                      resume_step=int(state.step) if resume else None)
-  history = pos.history
+                                      resume_step=int(state.step) if resuming else None)
+  start = (pos.epoch - 1) * exp.steps_per_epoch + pos.step_in_epoch
+  run = _Run(config, workdir, data, exp, feed, ckpt, writer,
+             _Bar(config, lead, exp.steps_per_epoch, start), _Profile(config, workdir, lead),
+             _EpochOutputs(workdir, config, data, enabled=lead))
+  return run, state, pos
 
-  def save(epoch, step_in_epoch, loss_sum):
-    _raise_if_bad(state)  # Never save a state past a non-finite step.
-    pos.epoch, pos.step_in_epoch, pos.loss_sum = epoch, step_in_epoch, float(loss_sum)
-    ckpt.save(state, checkpoints.make_meta(
-        config, pos, steps_per_epoch=feed.steps_per_epoch, data=data,
-        input_shape=data.train.images.shape[1:], input_dtype=data.train.images.dtype))
 
-  try:
-    with interrupts.StopOnSignal() as stop:
-      for epoch in range(pos.epoch, config.num_epochs + 1):
-        first = pos.step_in_epoch if epoch == pos.epoch else 0  # > 0: resuming mid-epoch.
-        if first == 0:
-          state = state.replace(counts=jax.device_put(np.zeros(config.num_clusters, np.int32),
-                                                      rep))
-        bar = tqdm(total=feed.steps_per_epoch * config.batch_size, unit='img', unit_scale=True,
-                   initial=first * config.batch_size, desc=f'epoch {epoch}',
-                   disable=not (lead and config.progress_bar), leave=False)
-        start = last_log = time.time()
-        loss_sum = jnp.asarray(pos.loss_sum if first else 0.0, jnp.float32)
-        for i, batch in enumerate(feed.epoch(epoch, first), start=first):
-          state, step_metrics = train_step(state, sharding.to_global(batch, mesh))
-          loss_sum = loss_sum + step_metrics['loss']
-          bar.update(config.batch_size)
-          ckpt.poll()
-          done, global_step = i + 1, (epoch - 1) * feed.steps_per_epoch + i + 1
-          if global_step % config.log_every_steps == 0:
-            _raise_if_bad(state)
-            loss, now = float(step_metrics['loss']), time.time()
-            bar.set_postfix(loss=f'{loss:.4f}')
-            scalars = {'epoch': epoch, 'loss': loss,
-                       'images_per_s': config.log_every_steps * config.batch_size / (now - last_log)}
-            if 'batch_sizes' in step_metrics:  # Clusters the step's batch used.
-              scalars['batch_clusters'] = int(np.sum(np.asarray(step_metrics['batch_sizes']) > 0))
-            scalars.update({k: int(v) for k, v in step_metrics['method'].items()})
-            writer.write_step(global_step, scalars)
-            last_log = now
-          signum = stop.agreed() if (jax.process_count() == 1 or
-                                     global_step % config.log_every_steps == 0) else None
-          every = config.checkpoint_every_steps
-          if done < feed.steps_per_epoch and (signum or (every and global_step % every == 0)):
-            save(epoch, done, loss_sum)
-            if signum:
-              raise interrupts.Interrupted(signum, global_step, workdir)
-        _raise_if_bad(state)
-        train_loss = float(loss_sum) / feed.steps_per_epoch
-        train_time = time.time() - start
-        bar.close()
-        outputs = evaluate(eval_step, state, data.eval, config, mesh)
-        log_prior = np.asarray(state.log_prior)
-        if data.prior is not None:  # Matched per prior_matching; in the costs from epoch 2 on.
-          log_prior = imbalance.matched_log_prior(data.prior, outputs['cluster'], data.eval.labels,
-                                                  config.prior_matching)
-          state = state.replace(log_prior=jax.device_put(log_prior, rep))
-        if config.covariance == 'estimated':  # From this evaluation's encodings and clusters.
-          precision, why = costs.estimate_precisions(outputs['z'], outputs['cluster'],
-                                                        config.num_clusters, config.sigma)
-          if precision is None:
-            logging.warning('epoch %d: covariances not re-estimated: %s', epoch, why)
-          else:
-            state = state.replace(params={**state.params,
-                                          'precision': jax.device_put(precision, rep)})
-        record = {'epoch': epoch, 'step': int(state.step), 'train_loss': train_loss,
-                  'train_images_per_s': ((feed.steps_per_epoch - first) * config.batch_size /
-                                         train_time),
-                  **epoch_metrics(outputs, data.eval, log_prior)}
-        if config.probe_every and (epoch % config.probe_every == 0 or epoch == config.num_epochs):
-          record.update(probes.probe_accuracies(outputs['z'], data.eval.labels, config.seed))
-        history.append(record)
-        pos.cluster_to_class = metrics.hungarian_map(data.eval.labels, outputs['cluster'],
-                                                     config.num_clusters).tolist()
-        pos.cluster_to_class_step = record['step']
-        save(epoch, feed.steps_per_epoch, 0.0)
-        writer.write_epoch(record)
-        if lead:
-          logging.info(_summary(epoch, config, train_loss, record['train_images_per_s'], record))
-          print(_summary(epoch, config, train_loss, record['train_images_per_s'], record),
-                flush=True)
-          _write_cluster_map(workdir, pos, data)
-          every = config.plots_every_epochs
-          if every and (epoch % every == 0 or epoch == config.num_epochs):
-            _make_plots(workdir, config, state, history, outputs, data)
-        signum = stop.agreed()
-        if signum and epoch < config.num_epochs:
-          raise interrupts.Interrupted(signum, record['step'], workdir)
-  except NonFiniteError as e:
-    ckpt.wait()
-    last = ckpt.latest_step()
-    raise NonFiniteError(f'{e}; the last good checkpoint is '
-                         f'{"step " + str(last) if last is not None else "none"} in '
-                         f'{checkpoints.checkpoint_dir(workdir)}') from None
-  finally:
-    ckpt.close()
-    writer.close()
+def _evaluate_epoch(exp, state, data, pos, train_loss, images_per_s):
+  """An epoch's end: the evaluation, the updates it makes (Experiment.end_of_epoch), its record
+  (with probes when due) and the cluster -> class map; returns (state, record, outputs)."""
+  config = exp.config
+  _raise_if_bad(state)
+  out = evaluate(exp.eval_step, state, data.eval, config, exp.mesh)
+  state = exp.end_of_epoch(state, out, data.eval.labels, data.prior)
+  prior = np.exp(np.asarray(state.log_prior, np.float64))
+  record = {'epoch': pos.epoch, 'step': int(state.step), 'train_loss': train_loss,
+            'train_images_per_s': images_per_s,
+            **metrics.clustering_metrics(data.eval.labels, out['cluster'], out['soft'].sum(0),
+                                         prior / prior.sum())}
+  if itstime(pos.epoch, config.probe_every, config.num_epochs):
+    record.update(probes.probe_accuracies(out['z'], data.eval.labels, config.seed))
+  pos.history.append(record)
+  pos.cluster_to_class = metrics.hungarian_map(data.eval.labels, out['cluster'],
+                                               config.num_clusters).tolist()
+  pos.cluster_to_class_step = record['step']
+  return state, record, out
 
+
+def _write_results(config, workdir, data, history, clock) -> dict:
   best = max(history, key=lambda r: r['nmi'])
   results = {'final': history[-1], 'best_nmi': best, 'dataset': config.dataset,
              'method': config.method, 'num_train': len(data.train), 'num_eval': len(data.eval)}
-  if lead:  # Written last and atomically: its presence marks the run finished.
+  if jax.process_index() == 0:  # Written last and atomically: its presence marks it finished.
+    print(clock.write(workdir), flush=True)
     with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
       json.dump(results, f, indent=2)
     os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
   return results
 
 
-def _warm_start(config, model, state, data, rep):
-  """Centroids := encodings of the first K points of the first batch, BatchNorm using that batch's
-  statistics as in training (the reference encodes them in eval mode, with BatchNorm's initial
-  running statistics, which puts all the centroids in a small region away from the training
-  encodings, and its optimiser then never updates them: docs/fidelity.md)."""
-  k = config.num_clusters
-  if len(data.train) < k:
-    raise UsageError(f'warm_start needs num_clusters={k} training points, the data has '
-                     f'{len(data.train)}: lower --config.num_clusters or drop warm_start')
-  first = input_pipeline.epoch_permutation(len(data.train), config.seed, 1)
-  x = models.preprocess(data.train.images[first[:max(k, config.batch_size)]], data.scale,
-                        data.offset)
-  z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
-                     train=True, mutable=['batch_stats'])
-  return state.replace(params={**state.params, 'centroids': jax.device_put(z[:k], rep)})
+class _NoTimer:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+_NO_TIMER = _NoTimer()
+
+
+class _Bar:
+  """The progress bar of process 0 (one per epoch) and the images/s of the logs."""
+
+  def __init__(self, config, lead: bool, steps_per_epoch: int, start: int):
+    self._config, self._spe, self._enabled = config, steps_per_epoch, lead and config.progress_bar
+    self._bar, self._last_log = None, (start, time.time())
+    self._epoch_start = (start, time.time())  # Epoch 1's time counts compiling, as it always has.
+
+  def new_epoch(self, step: int) -> None:
+    self._epoch_start = (step, time.time())
+
+  def update(self, done: int) -> None:
+    epoch, i = divmod(done - 1, self._spe)
+    if self._bar is None:
+      self._bar = tqdm(total=self._spe * self._config.batch_size, unit='img', unit_scale=True,
+                       initial=i * self._config.batch_size, desc=f'epoch {epoch + 1}',
+                       disable=not self._enabled, leave=False)
+    self._bar.update(self._config.batch_size)
+    if i + 1 == self._spe:
+      self.close()
+
+  def scalars(self, epoch: int, done: int, step_metrics: dict) -> dict:
+    loss, now = float(step_metrics['loss']), time.time()
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f'{loss:.4f}')
+    out = {'epoch': epoch, 'loss': loss,
+           'images_per_s': (done - self._last_log[0]) * self._config.batch_size /
+                           (now - self._last_log[1])}
+    self._last_log = (done, now)
+    if 'batch_sizes' in step_metrics:  # Clusters the step's batch used.
+      out['batch_clusters'] = int(np.sum(np.asarray(step_metrics['batch_sizes']) > 0))
+    out.update({k: int(v) for k, v in step_metrics['method'].items()})
+    return out
+
+  def epoch_images_per_s(self, done: int) -> float:
+    """Training images/s since the epoch (or the resumed run) started."""
+    seconds = time.time() - self._epoch_start[1]
+    return (done - self._epoch_start[0]) * self._config.batch_size / seconds
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+
+class _Profile:
+  """config.profile_steps > 0: a jax.profiler trace of that many steps (from the second step the
+  run takes: the first compiles) on process 0, into WORKDIR/profile (TensorBoard's profile
+  plugin or Perfetto reads it)."""
+
+  def __init__(self, config, workdir: str, enabled: bool):
+    self._steps, self._dir = config.profile_steps if enabled else 0, os.path.join(workdir, 'profile')
+    self._first, self._on = None, False
+
+  def step(self, step: int) -> None:
+    if not self._steps:
+      return
+    if self._first is None:
+      self._first = step + 1
+    if step == self._first:
+      jax.profiler.start_trace(self._dir)
+      self._on = True
+    elif self._on and step == self._first + self._steps:
+      self.close()
+
+  def close(self) -> None:
+    if self._on:
+      jax.profiler.stop_trace()
+      self._on, self._steps = False, 0
+
+
+class _EpochOutputs:
+  """Process 0's outputs of each evaluation beside the logs: the summary line, cluster_map.json
+  and (every config.plots_every_epochs epochs and at the last) the plots, drawn in a background
+  thread so that training goes on meanwhile."""
+
+  def __init__(self, workdir: str, config, data, enabled: bool):
+    self._workdir, self._config, self._data, self._enabled = workdir, config, data, enabled
+    self._pool = concurrent.futures.ThreadPoolExecutor(1) if enabled else None
+    self._jobs = []
+
+  def submit(self, pos, state, record: dict, outputs: dict) -> None:
+    if not self._enabled:
+      return
+    config = self._config
+    line = _summary(record, config)
+    logging.info(line)
+    print(line, flush=True)
+    _write_cluster_map(self._workdir, pos, self._data)
+    if itstime(pos.epoch, config.plots_every_epochs, config.num_epochs):
+      prior = np.exp(np.asarray(jax.device_get(state.log_prior), np.float64))
+      centroids = np.asarray(jax.device_get(state.params['centroids']))
+      self._jobs.append(self._pool.submit(_make_plots, self._workdir, config, list(pos.history),
+                                          outputs, self._data, prior / prior.sum(), centroids))
+
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(wait=True)
+      self._pool = None
+
+
+def _summary(m: dict, config) -> str:
+  return (f'epoch {m["epoch"]}/{config.num_epochs}  loss {m["train_loss"]:.4f}  acc {m["acc"]:.4f}  '
+          f'nmi {m["nmi"]:.4f}  ari {m["ari"]:.4f}  kl* {m["kl_star"]:.4f}  '
+          f'clusters {m["num_nonempty"]}/{config.num_clusters}  '
+          f'{m["train_images_per_s"]:.0f} img/s')
 
 
 def _write_cluster_map(workdir: str, pos, data) -> None:
@@ -246,16 +383,14 @@ def _write_cluster_map(workdir: str, pos, data) -> None:
   os.replace(os.path.join(workdir, 'cluster_map.json.tmp'), os.path.join(workdir, 'cluster_map.json'))
 
 
-def _make_plots(workdir: str, config, state, history, outputs, data) -> None:
+def _make_plots(workdir: str, config, history, outputs, data, prior, centroids) -> None:
   """The PNGs of ohc_jax.plots; a failure only warns (python -m ohc_jax.report redoes them)."""
   from ohc_jax import plots
-  prior = np.exp(np.asarray(jax.device_get(state.log_prior), np.float64))
   try:
-    plots.make_all(os.path.join(workdir, 'plots'), history=history, prior=prior / prior.sum(),
-                   outputs=outputs, labels=data.eval.labels, images=data.eval.images,
+    plots.make_all(os.path.join(workdir, 'plots'), history=history, prior=prior, outputs=outputs,
+                   labels=data.eval.labels, images=data.eval.images,
                    num_clusters=config.num_clusters, class_names=data.class_names,
-                   centroids=np.asarray(jax.device_get(state.params['centroids'])),
-                   seed=config.seed)
+                   centroids=centroids, seed=config.seed)
   except Exception as e:  # pylint: disable=broad-except
     print(f'warning: plots failed ({type(e).__name__}: {e}); python -m ohc_jax.report '
           f'{workdir} makes them', file=sys.stderr)

@@ -20,3 +20,21 @@ def digits_config():
   c.progress_bar = False
   c.plots_every_epochs = 0  # Plots cost ~1 s a run; tests/test_report.py tests them.
   return c
+
+
+@pytest.fixture
+def build():
+  """build(config, num_devices=1, num_train=None) -> (data, experiment, its initial state of seed
+  0): what training builds (num_train: the training points ckm's epochs count, default all)."""
+  def make(config, num_devices=1, num_train=None):
+    import dataclasses
+
+    from ohc_jax import experiment, input_pipeline
+    config.num_devices = num_devices
+    data = input_pipeline.load(config)
+    spec = experiment.InputSpec.of(data)
+    if num_train is not None:
+      spec = dataclasses.replace(spec, num_train=num_train)
+    exp = experiment.build(config, spec)
+    return data, exp, exp.init_state(seed=0)
+  return make

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ohc_jax import checkpoints, configuration, interrupts, steps, train
-from ohc_jax import workdir as workdir_rules
+from ohc_jax import resume
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 from ohc_jax.inference import load_trained
@@ -179,10 +179,10 @@ def test_changed_model_or_data_is_refused_and_overwrite_starts_afresh(finished, 
   assert "encoder ('mlp' -> 'simp')" in message and "dataset ('digits' -> 'mnist')" in message
   assert '--overwrite' in message and 'num_epochs' not in message
   # Operational fields may change: more epochs, other logging.
-  assert workdir_rules.check_workdir(_digits(num_epochs=5, log_every_steps=1), str(work), False)
+  assert resume.decide(_digits(num_epochs=5, log_every_steps=1), str(work), False)
   # A finished run is still refused; --overwrite replaces it.
   with pytest.raises(UsageError, match='finished run'):
-    workdir_rules.check_workdir(_digits(), str(finished[0]), False)
+    resume.decide(_digits(), str(finished[0]), False)
   results = train.train_and_evaluate(_digits(num_epochs=1), str(work), overwrite=True)
   assert results['final']['epoch'] == 1
   assert checkpoints.committed_steps(work) == [14]

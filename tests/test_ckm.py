@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, input_pipeline, methods, models, sharding, steps, train
+from ohc_jax import configuration, methods, models, steps, train
 from ohc_jax.costs import param_costs
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
 from ohc_jax.inference import load_trained
 
@@ -43,20 +42,13 @@ def test_ckm_refuses_inputs_that_are_not_square_images(digits_config):
     configuration.validate(digits_config)
 
 
-def _ckm_setup(config):
+def _ckm_setup(config, build):
   """One step per epoch, two epochs: step 0 pretrains, step 1 adds the clustering term."""
   config.method, config.num_epochs = 'ckm', 2
-  data = input_pipeline.load(config)
-  mesh = sharding.make_mesh(config)
-  model, tx = models.make_encoder(config), make_optimizer(config)
-  state = jax.device_put(
-      create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0)),
-      sharding.replicated(mesh))
-  step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
-                               data.offset, steps_per_epoch=1)
+  data, exp, state = build(config, num_train=config.batch_size)
   batch = {'image': data.train.images[:128], 'label': data.train.labels[:128]}
   x = models.preprocess(batch['image'], data.scale, data.offset)
-  return data, mesh, model, state, step, sharding.to_global(batch, mesh), x
+  return data, exp.mesh, exp.model, state, exp.train_step, exp.to_global(batch), x
 
 
 def _costs(model, state, x, config, encoder=None):
@@ -66,8 +58,8 @@ def _costs(model, state, x, config, encoder=None):
                      config.sigma, state.log_prior)
 
 
-def test_pretraining_loss_is_the_reconstruction_alone(digits_config):
-  _, _, model, state, step, batch, x = _ckm_setup(digits_config)
+def test_pretraining_loss_is_the_reconstruction_alone(digits_config, build):
+  _, _, model, state, step, batch, x = _ckm_setup(digits_config, build)
   before = jax.device_get(state.params)
   decoder = models.CKMDecoder(x.shape[1:], digits_config.latent_dim)
   rec = methods.ckm_reconstruction(
@@ -82,10 +74,10 @@ def test_pretraining_loss_is_the_reconstruction_alone(digits_config):
   assert np.abs(after['centroids'] - before['centroids']).max() > 1e-4
 
 
-def test_after_pretraining_the_encoder_follows_1e7_times_the_argmin_cost(digits_config):
+def test_after_pretraining_the_encoder_follows_1e7_times_the_argmin_cost(digits_config, build):
   """Adam's first step moves each parameter by -lr g / (|g| + 1e-8): with g = 1e-7 x the gradient of
   the mean argmin cost it is far from the -lr sign(g) that weight 1 would give."""
-  _, _, model, state, step, batch, x = _ckm_setup(digits_config)
+  _, _, model, state, step, batch, x = _ckm_setup(digits_config, build)
   state = state.replace(step=jnp.ones((), jnp.int32))  # Past the pretraining step.
   before = jax.device_get(state.params['encoder'])
   grads = jax.grad(lambda enc: jnp.mean(jnp.min(_costs(model, state, x, digits_config, enc),

@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 
 from ohc_jax import configuration, main
-from ohc_jax import workdir as workdir_rules
+from ohc_jax import resume
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 
@@ -73,6 +73,7 @@ INVALID = {
     'checkpoint_every_steps': ['-1'],
     'keep_checkpoints': ['0'],
     'plots_every_epochs': ['-1'],
+    'profile_steps': ['-1', 'x'],
 }
 
 
@@ -125,7 +126,7 @@ def test_workdir_that_cannot_be_written(tmp_path):
   assert_usage_error(run_main('--workdir=/proc/ohc_jax_run'), 'cannot write in /proc')
   (tmp_path / 'file').write_text('')
   with pytest.raises(UsageError, match='is a file'):
-    workdir_rules.check_workdir(parse(), str(tmp_path / 'file' / 'run'), False)
+    resume.decide(parse(), str(tmp_path / 'file' / 'run'), False)
 
 
 @pytest.mark.slow

@@ -5,10 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, imbalance, models, sharding, steps, train
+from ohc_jax import configuration, imbalance, sharding, train
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import make_method
-from ohc_jax.train_state import create_train_state, make_optimizer
 
 
 def test_keep_probabilities_match_the_reference_formulas():
@@ -48,30 +46,23 @@ def test_the_default_setup_is_the_references_and_label_free():
   assert (config.prior_matching, config.prior_scope) == ('identity', 'combination')
 
 
-def _step_outputs(config, log_prior):
+def _step_outputs(build, config, log_prior):
   """Training-step labels and evaluation clusters of one digits batch with `log_prior` set."""
-  config.num_devices = 1
-  data = train.input_pipeline.load(config)
-  mesh = sharding.make_mesh(config)
-  model, tx = models.make_encoder(config), make_optimizer(config)
-  state = create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0))
-  state = jax.device_put(state.replace(log_prior=jnp.asarray(log_prior, jnp.float32)),
-                         sharding.replicated(mesh))
-  batch = sharding.to_global({'image': data.train.images[:256]}, mesh)
-  eval_step = steps.make_eval_step(config, model, mesh, data.scale, data.offset)
-  clusters = np.asarray(eval_step(state, batch)['cluster'])
-  step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
-                               data.offset)
-  return np.asarray(step(state, batch)[1]['labels']), clusters
+  data, exp, state = build(config)
+  state = state.replace(log_prior=jax.device_put(jnp.asarray(log_prior, jnp.float32),
+                                                 sharding.replicated(exp.mesh)))
+  batch = exp.to_global({'image': data.train.images[:256]})
+  clusters = np.asarray(exp.eval_step(state, batch)['cluster'])
+  return np.asarray(exp.train_step(state, batch)[1]['labels']), clusters
 
 
 @pytest.mark.parametrize('scope', imbalance.SCOPES)
 @pytest.mark.parametrize('method', ['combination', 'sinkhorn'])
-def test_prior_scope(digits_config, scope, method):
+def test_prior_scope(digits_config, scope, method, build):
   digits_config.update(method=method, prior_scope=scope)
   skewed = np.log(10 * np.array([0.55] + [0.05] * 9))
-  uniform_labels, uniform_clusters = _step_outputs(digits_config, np.zeros(10))
-  labels, clusters = _step_outputs(digits_config, skewed)
+  uniform_labels, uniform_clusters = _step_outputs(build, digits_config, np.zeros(10))
+  labels, clusters = _step_outputs(build, digits_config, skewed)
   if scope == 'combination' and method == 'sinkhorn':  # The reference's Sinkhorn ignores the prior.
     np.testing.assert_array_equal(labels, uniform_labels)
     np.testing.assert_array_equal(clusters, uniform_clusters)

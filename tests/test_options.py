@@ -8,17 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import assign, costs as cost_fns, input_pipeline, methods, models, sharding, steps, train
+from ohc_jax import assign, costs as cost_fns, input_pipeline, methods, models, train
 from ohc_jax.errors import UsageError
-from ohc_jax.train_state import create_train_state, make_optimizer
 from ohc_jax.inference import load_trained
-
-
-def _state(config):
-  data = input_pipeline.load(config)
-  model, tx = models.make_encoder(config), make_optimizer(config)
-  state = create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0))
-  return data, model, state
 
 
 def _records(workdir):
@@ -48,15 +40,14 @@ def test_soft_train_with_a_loss_of_its_own_is_refused(digits_config):
     configuration.validate(digits_config)
 
 
-def test_warm_start_puts_centroids_on_the_first_encodings(digits_config):
+def test_warm_start_puts_centroids_on_the_first_encodings(digits_config, build):
   digits_config.warm_start = True
-  data, model, state = _state(digits_config)
-  rep = sharding.replicated(sharding.make_mesh(digits_config))
-  warmed = train._warm_start(digits_config, model, state, data, rep)
+  data, exp, state = build(digits_config)
   first = input_pipeline.epoch_permutation(len(data.train), digits_config.seed, 1)
+  warmed = exp.warm_start(state, data.train.images[first[:digits_config.batch_size]])
   x = models.preprocess(data.train.images[first[:digits_config.batch_size]], data.scale,
                         data.offset)
-  z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
+  z, _ = exp.model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
                      train=True, mutable=['batch_stats'])
   np.testing.assert_allclose(warmed.params['centroids'], z[:digits_config.num_clusters],
                              rtol=1e-5, atol=1e-6)
@@ -70,14 +61,12 @@ def test_warm_start_with_too_few_points_is_refused(digits_config):
 
 
 @pytest.mark.slow
-def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config):
+def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config, build):
   digits_config.constrained_eval = True
   digits_config.eval_batch_size = 200  # 1797 points: the last batch is padded.
-  data, model, state = _state(digits_config)
-  mesh = sharding.make_mesh(digits_config)
-  state = jax.device_put(state, sharding.replicated(mesh))
-  eval_step = steps.make_eval_step(digits_config, model, mesh, data.scale, data.offset)
-  out = train.evaluate(eval_step, state, data.eval, digits_config, mesh)
+  data, exp, state = build(digits_config)
+  model = exp.model
+  out = train.evaluate(exp.eval_step, state, data.eval, digits_config, exp.mesh)
   assert out['cluster'].shape == (len(data.eval),)
   expected = []
   for start in range(0, len(data.eval), 200):

@@ -1,34 +1,27 @@
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import input_pipeline, methods, models, sharding, steps, train
+from ohc_jax import methods, models, sharding, train
 from ohc_jax.costs import cluster_costs
 from ohc_jax.methods import make_method
-from ohc_jax.train_state import create_train_state, make_optimizer
 
 pytestmark = pytest.mark.slow  # Every test trains a model.
 
 
-def _setup(config, num_devices=1):
-  config.num_devices = num_devices
-  data = input_pipeline.load(config)
-  mesh = sharding.make_mesh(config)
-  model, tx = models.make_encoder(config), make_optimizer(config)
-  state = jax.device_put(
-      create_train_state(config, model, tx, data.train.images.shape[1:], jax.random.key(0)),
-      sharding.replicated(mesh))
-  step = steps.make_train_step(config, model, tx, make_method(config), mesh, data.scale,
-                               data.offset)
-  batch = {'image': data.train.images[:128], 'label': data.train.labels[:128]}
-  return data, mesh, model, state, step, batch
+@pytest.fixture
+def _setup(build):
+  def setup(config, num_devices=1):
+    data, exp, state = build(config, num_devices)
+    batch = {'image': data.train.images[:128], 'label': data.train.labels[:128]}
+    return data, exp.mesh, exp.model, state, exp.train_step, batch
+  return setup
 
 
-def test_train_step_lowers_loss_on_a_fixed_batch(digits_config):
+def test_train_step_lowers_loss_on_a_fixed_batch(digits_config, _setup):
   _, mesh, _, state, step, batch = _setup(digits_config)
   losses = []
   for _ in range(30):
@@ -38,7 +31,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch(digits_config):
   assert losses[-1] < 0.8 * losses[0]
 
 
-def test_gradients_reach_encoder_and_centroids(digits_config):
+def test_gradients_reach_encoder_and_centroids(digits_config, _setup):
   data, _, model, state, _, batch = _setup(digits_config)
   method = make_method(digits_config)
   x = models.preprocess(batch['image'], data.scale, data.offset)
@@ -55,7 +48,7 @@ def test_gradients_reach_encoder_and_centroids(digits_config):
     assert float(jnp.abs(leaf).sum()) > 0
 
 
-def test_non_finite_input_stops_the_run_naming_the_step(digits_config):
+def test_non_finite_input_stops_the_run_naming_the_step(digits_config, _setup):
   _, mesh, _, state, step, batch = _setup(digits_config)
   state, _ = step(state, sharding.to_global(batch, mesh))
   good = jax.device_get(state.params)
@@ -96,7 +89,8 @@ def test_keep_counts_changes_training(digits_config, tmp_path):
   assert a['final']['train_loss'] != b['final']['train_loss']
 
 
-def test_entropy_reference_reports_the_entries_it_refused_in_the_step_logs(digits_config, tmp_path):
+def test_entropy_reference_reports_the_entries_it_refused_in_the_step_logs(digits_config, tmp_path,
+                                                                           _setup):
   """At sigma 3 the shifted costs (log-normaliser -17.6) change sign within rows: the step's
   refused_entries is entropy_reference's count for its batch, and reaches steps.jsonl."""
   digits_config.method, digits_config.sigma = 'entropy_reference', 3.0

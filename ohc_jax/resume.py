@@ -1,16 +1,18 @@
-"""The rules for a run's workdir: start afresh, resume, refuse, overwrite (read before JAX starts)."""
+"""Resuming, the one owner of it: what to do with a workdir (start afresh, resume, refuse,
+overwrite: `decide`, read before JAX starts), preparing it, and restoring a run's checkpoint with
+the config checked against the saved one (`restore`)."""
 
 import json
 import os
 import shutil
 import tempfile
 
-from ohc_jax.checkpoints import CHECKPOINT_DIR, QUARANTINE_DIR, committed_steps, jsonable_config
+from ohc_jax.checkpoints import CHECKPOINT_DIR, QUARANTINE_DIR, committed_steps
 from ohc_jax.errors import UsageError
 
 # What a training run writes into its workdir; --overwrite removes these and nothing else.
 OUTPUTS = ('config.json', 'metrics.jsonl', 'steps.jsonl', 'results.json', 'cluster_map.json',
-           CHECKPOINT_DIR, QUARANTINE_DIR, 'plots', 'tensorboard')
+           'timing.json', CHECKPOINT_DIR, QUARANTINE_DIR, 'plots', 'tensorboard', 'profile')
 
 # Config fields that may change when a run is resumed: they change how the run is operated, logged
 # or evaluated, not what it trains. (num_epochs: a run can be extended.) Every other field must be
@@ -19,7 +21,12 @@ RESUMABLE_FIELDS = frozenset({
     'num_epochs', 'data_dir', 'download', 'eval_batch_size', 'assign_impl', 'num_devices',
     'distributed', 'coordinator_address', 'num_processes', 'process_id', 'log_every_steps',
     'progress_bar', 'checkpoint_every_steps', 'keep_checkpoints', 'plots_every_epochs',
+    'profile_steps',
 })
+
+
+def jsonable_config(config) -> dict:
+  return json.loads(config.to_json_best_effort())
 
 
 def differing_fields(saved: dict, config) -> list[str]:
@@ -71,7 +78,7 @@ def _check_writable(workdir: str) -> None:
                      f'a writable --workdir') from None
 
 
-def check_workdir(config, workdir: str, overwrite: bool) -> bool:
+def decide(config, workdir: str, overwrite: bool) -> bool:
   """Decides what to do with the workdir, reading files only (safe before JAX starts).
 
   Returns True to resume (an unfinished run with checkpoints, same config but RESUMABLE_FIELDS),
@@ -99,11 +106,28 @@ def check_workdir(config, workdir: str, overwrite: bool) -> bool:
   return True
 
 
-def clear_outputs(workdir: str) -> None:
-  """--overwrite: removes what a run wrote into the workdir (OUTPUTS), nothing else."""
-  for name in OUTPUTS:
-    path = os.path.join(workdir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
+def prepare(config, workdir: str, overwrite: bool) -> None:
+  """Process 0 makes the workdir (emptied of a previous run's OUTPUTS with overwrite, nothing
+  else) and writes config.json; then every process may write in it."""
+  import jax
+  if jax.process_index() == 0:
+    for name in OUTPUTS if overwrite else ():
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('ohc_jax_workdir_ready')
+
+
+def restore(ckpt, template, config, workdir: str):
+  """The latest usable checkpoint (unusable newer ones moved aside), refused if its config differs
+  from `config` beyond RESUMABLE_FIELDS."""
+  restored = ckpt.restore(template, quarantine=True)
+  refuse_if_config_differs(restored.meta['config'], config, workdir)
+  return restored
