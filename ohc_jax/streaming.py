@@ -133,19 +133,21 @@ def eval_batches(source, global_batch: int, process_index: int = 0, process_coun
             'valid': np.arange(local) < real}, min(global_batch, n - start))
 
 
-def write_split(dataset_dir: str, name: str, split: str, shards: list[Iterable[bytes]]) -> None:
-  """Writes one split's serialized examples as ArrayRecord shards named as tfds names them
-  (group_size 1: each record read alone)."""
+def shard_path(dataset_dir: str, name: str, split: str, index: int, count: int) -> str:
+  """Where tfds looks for shard `index` of `count` of a split in ArrayRecord."""
+  return os.path.join(dataset_dir, _TEMPLATE.format(
+      DATASET=name, SPLIT=split, FILEFORMAT='array_record',
+      SHARD_X_OF_Y=f'{index:05d}-of-{count:05d}'))
+
+
+def write_records(path: str, records: Iterable[bytes]) -> None:
+  """One ArrayRecord shard, group size 1 (each record read alone, as random access wants)."""
   from array_record.python import array_record_module
-  os.makedirs(dataset_dir, exist_ok=True)
-  for index, records in enumerate(shards):
-    path = os.path.join(dataset_dir, _TEMPLATE.format(
-        DATASET=name, SPLIT=split, FILEFORMAT='array_record',
-        SHARD_X_OF_Y=f'{index:05d}-of-{len(shards):05d}'))
-    writer = array_record_module.ArrayRecordWriter(path, 'group_size:1')
-    for record in records:
-      writer.write(record)
-    writer.close()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  writer = array_record_module.ArrayRecordWriter(path, 'group_size:1')
+  for record in records:
+    writer.write(record)
+  writer.close()
 
 
 def write_info(dataset_dir: str, name: str, version: str, splits: dict[str, list[int]],

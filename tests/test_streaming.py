@@ -15,8 +15,9 @@ def image_set(tmp_path_factory):
   import tensorflow_datasets as tfds
   root = str(tmp_path_factory.mktemp('tiny') / 'tiny' / '1.0.0')
   images, labels = _images(70)
-  streaming.write_split(root, 'tiny', 'train', [streaming.encode_examples(images[:45], labels[:45]),
-                                                streaming.encode_examples(images[45:], labels[45:])])
+  for index, rows in enumerate((slice(0, 45), slice(45, 70))):
+    streaming.write_records(streaming.shard_path(root, 'tiny', 'train', index, 2),
+                            streaming.encode_examples(images[rows], labels[rows]))
   features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
                                          'label': tfds.features.ClassLabel(num_classes=5)})
   streaming.write_info(root, 'tiny', '1.0.0', {'train': [45, 25]}, features)
@@ -129,3 +130,19 @@ def test_vector_source_is_memory_mapped(tmp_path):
   batch = source.read(np.array([4, 1]))
   np.testing.assert_array_equal(batch['image'], x[[4, 1]])
   np.testing.assert_array_equal(batch['label'], [1, 1])
+
+
+def test_synthetic_image_set_is_a_readable_tfds_set(tmp_path):
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'launch'))
+  import make_synthetic_images
+  root = str(tmp_path / 'synthetic_images' / '1.0.0')
+  make_synthetic_images.main(['--out', root, '--num', '30', '--shard_size', '13', '--seed', '4'])
+  source = streaming.ImageSource(root, 'train')
+  assert len(source) == 30 and source.num_classes == 10
+  want = [make_synthetic_images.shard(4, i, size) for i, size in enumerate((13, 13, 4))]
+  batch = source.read(np.arange(30))
+  np.testing.assert_array_equal(batch['image'], np.concatenate([w[0] for w in want]))
+  np.testing.assert_array_equal(batch['label'], np.concatenate([w[1] for w in want]))
+  assert len(set(batch['label'])) > 1 and batch['image'].std() > 10
