@@ -77,7 +77,7 @@ def table_nmi(table: np.ndarray) -> float:
 
 
 def table_ari(table: np.ndarray) -> float:
-  """`adjusted_rand_score` from the contingency table, with sklearn's pair counts (exact integers)."""
+  """`adjusted_rand_score` from the contingency table: sklearn's pair counts, exact integers."""
   n, squares = int(table.sum()), int((table ** 2).sum())
   fp = int((table @ table.sum(0)).sum()) - squares
   fn = int((table.T @ table.sum(1)).sum()) - squares

@@ -78,13 +78,15 @@ class ArraySource:
     return len(self.labels)
 
   def read(self, rows: np.ndarray) -> dict:
-    return {'image': np.asarray(self.images[rows]), 'label': np.asarray(self.labels[rows], np.int64)}
+    return {'image': np.asarray(self.images[rows]),
+            'label': np.asarray(self.labels[rows], np.int64)}
 
 
 def vector_source(path: str) -> ArraySource:
   """FILE.npy (points x features) and FILE_labels.npy (integer labels 0..C-1), memory-mapped: the
   pages of the rows read are all that come into memory."""
-  return ArraySource(np.load(path, mmap_mode='r'), np.load(path[:-4] + '_labels.npy', mmap_mode='r'))
+  return ArraySource(np.load(path, mmap_mode='r'),
+                     np.load(path[:-4] + '_labels.npy', mmap_mode='r'))
 
 
 def _read_ahead(read: Callable[[np.ndarray], dict], row_batches: Iterable[np.ndarray],

@@ -65,7 +65,8 @@ def _check_equal(labels, clusters, num_clusters, batch, seed=0):
     ('one class, many clusters', np.zeros(20, int), np.arange(20) % 4, 4),
     ('one class, one cluster', np.zeros(7, int), np.full(7, 2), 3),
     ('empty clusters', np.arange(30) % 3, (np.arange(30) % 3) * 3, 10),
-    ('classes absent, not contiguous', np.array([7, 7, 2, 9, 2, 9, 7]), np.array([0, 1, 1, 2, 0, 2, 0]), 3),
+    ('classes absent, not contiguous', np.array([7, 7, 2, 9, 2, 9, 7]),
+     np.array([0, 1, 1, 2, 0, 2, 0]), 3),
     ('more classes than clusters', np.arange(40) % 8, np.arange(40) % 3, 3),
     ('a single point', np.array([4]), np.array([1]), 2),
 ])
