@@ -1,0 +1,183 @@
+"""Streaming input: batches read by index from ArrayRecord files, so no split is held in memory.
+
+Design (issue 14). tfds's ArrayRecord data source gives random access by record index; over it our
+own sampler takes each epoch in the order memory mode uses (`input_pipeline.epoch_permutation`,
+a function of (seed, epoch)), so `StreamFeed` gives the very batches `TrainFeed` gives, and a
+thread pool reads and decodes whole batches ahead. Each process reads only its rows of each global
+batch; resuming at step s slices the permutation (no record is read and dropped); host memory holds
+the permutation (8 bytes a point) and `prefetch` batches. Records are decoded by our own code, a
+protobuf parse and OpenCV's PNG decoder: 9-12k img/s a thread, 1.5-2x tfds's generic decoding
+(5.8-6.6k img/s with OpenCV, 3.4k with its PIL fallback).
+
+Rejected: tf.data over TFRecord shards (resuming at step s reads and drops s batches, or needs
+per-shard offsets; its shuffle is a window, not a permutation); grain 0.2.18 (installs under our
+pins; its MapDataset and IndexSampler give what `StreamFeed` does in 40 lines, with its own order).
+
+Measured (launch/stream_benchmark.py; batch 256, 2 threads; 2 CPU cores shared, load 6-9, so
+throughputs are floors): CIFAR-10 train 5,100-7,100 img/s, peak RSS 786 MB (memory mode: 1,456 MB,
+its reader 469,000 img/s); the synthetic 1.2M-image set 2,700-4,900 img/s, peak RSS 811-813 MB
+(+3%). First batch at 10% / 90% of an epoch: CIFAR-10 0.21-0.45 s / 0.09-0.16 s, 1.2M set
+0.6-1.6 s / 0.5-2.5 s (cold page cache, random reads), with no trend in the position. Decoding
+bounds the rate: reading the records alone runs at 73-89k img/s.
+"""
+
+import collections
+import concurrent.futures
+import json
+import os
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ohc_jax.input_pipeline import epoch_permutation
+
+_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
+
+
+class ImageSource:
+  """A split of a tfds data set stored as ArrayRecord (a data dir's NAME/VERSION folder): its
+  length and decoded batches by index."""
+
+  def __init__(self, dataset_dir: str, split: str, image_key: str = 'image',
+               label_key: str = 'label'):
+    import tensorflow_datasets as tfds
+    from tensorflow.core.example import example_pb2
+    builder = tfds.builder_from_directory(dataset_dir)
+    self._records = builder.as_data_source(
+        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    self._parse = example_pb2.Example.FromString
+    self._keys = image_key, label_key
+    self.image_shape = tuple(builder.info.features[image_key].shape)
+    self.num_classes = builder.info.features[label_key].num_classes
+
+  def __len__(self):
+    return len(self._records)
+
+  def read(self, rows: np.ndarray) -> dict:
+    """{'image': (B, H, W, C) uint8, 'label': (B,) int64} of the rows, in their order."""
+    import cv2
+    images = np.empty((len(rows),) + self.image_shape, np.uint8)
+    labels = np.empty(len(rows), np.int64)
+    image_key, label_key = self._keys
+    for i, record in enumerate(self._records.__getitems__(rows.tolist())):
+      feature = self._parse(record).features.feature
+      image = cv2.imdecode(np.frombuffer(feature[image_key].bytes_list.value[0], np.uint8),
+                           cv2.IMREAD_UNCHANGED)
+      images[i] = image[..., ::-1] if image.ndim == 3 else image[..., None]  # OpenCV's BGR.
+      labels[i] = feature[label_key].int64_list.value[0]
+    return {'image': images, 'label': labels}
+
+
+class ArraySource:
+  """Arrays as a source: in memory, or memory-mapped .npy files (`vector_source`)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self):
+    return len(self.labels)
+
+  def read(self, rows: np.ndarray) -> dict:
+    return {'image': np.asarray(self.images[rows]),
+            'label': np.asarray(self.labels[rows], np.int64)}
+
+
+def vector_source(path: str) -> ArraySource:
+  """FILE.npy (points x features) and FILE_labels.npy (integer labels 0..C-1), memory-mapped: the
+  pages of the rows read are all that come into memory."""
+  return ArraySource(np.load(path, mmap_mode='r'),
+                     np.load(path[:-4] + '_labels.npy', mmap_mode='r'))
+
+
+def _read_ahead(read: Callable[[np.ndarray], dict], row_batches: Iterable[np.ndarray],
+                threads: int, prefetch: int) -> Iterator[dict]:
+  """read(rows) for each batch of rows, in order, with up to `prefetch` batches in flight."""
+  pool = concurrent.futures.ThreadPoolExecutor(threads)
+  pending = collections.deque()
+  try:
+    for rows in row_batches:
+      pending.append(pool.submit(read, rows))
+      if len(pending) > prefetch:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:  # Also when the consumer stops early: drop what is queued.
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StreamFeed:
+  """TrainFeed's interface over a source read by index: this process's rows of each global batch
+  of the epoch's permutation, read and decoded on `threads` host threads."""
+
+  def __init__(self, source, global_batch: int, seed: int, process_index: int = 0,
+               process_count: int = 1, threads: int = 2, prefetch: int = 4):
+    self._source, self._seed, self._global_batch = source, seed, global_batch
+    self._local_batch = global_batch // process_count
+    self._offset = process_index * self._local_batch
+    self._threads, self._prefetch = threads, prefetch
+    self.steps_per_epoch = len(source) // global_batch
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
+    """Batches {'image', 'label'} of the epoch from start_step on (drop remainder)."""
+    perm = epoch_permutation(len(self._source), self._seed, epoch)
+    perm = perm[:self.steps_per_epoch * self._global_batch].reshape(self.steps_per_epoch, -1)
+    rows = perm[start_step:, self._offset:self._offset + self._local_batch]
+    return _read_ahead(self._source.read, rows, self._threads, self._prefetch)
+
+
+def eval_batches(source, global_batch: int, process_index: int = 0, process_count: int = 1,
+                 threads: int = 2, prefetch: int = 4) -> Iterator[tuple[dict, int]]:
+  """input_pipeline.eval_batches over a source, with the labels: yields (this process's rows of
+  each global batch in order, padded, {'image', 'label', 'valid'}; real points in the batch)."""
+  local, n = global_batch // process_count, len(source)
+  starts = range(0, n, global_batch)
+  lo = lambda start: start + process_index * local
+  rows = (np.arange(lo(s), min(lo(s) + local, s + global_batch, n)) for s in starts)
+  for start, batch in zip(starts, _read_ahead(source.read, rows, threads, prefetch)):
+    real = len(batch['label'])
+    pad = lambda a: np.concatenate([a, np.zeros((local - real,) + a.shape[1:], a.dtype)])
+    yield ({'image': pad(batch['image']), 'label': pad(batch['label']),
+            'valid': np.arange(local) < real}, min(global_batch, n - start))
+
+
+def shard_path(dataset_dir: str, name: str, split: str, index: int, count: int) -> str:
+  """Where tfds looks for shard `index` of `count` of a split in ArrayRecord."""
+  return os.path.join(dataset_dir, _TEMPLATE.format(
+      DATASET=name, SPLIT=split, FILEFORMAT='array_record',
+      SHARD_X_OF_Y=f'{index:05d}-of-{count:05d}'))
+
+
+def write_records(path: str, records: Iterable[bytes]) -> None:
+  """One ArrayRecord shard, group size 1 (each record read alone, as random access wants)."""
+  from array_record.python import array_record_module
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  writer = array_record_module.ArrayRecordWriter(path, 'group_size:1')
+  for record in records:
+    writer.write(record)
+  writer.close()
+
+
+def write_info(dataset_dir: str, name: str, version: str, splits: dict[str, list[int]],
+               features) -> None:
+  """The dataset_info.json and features.json that make dataset_dir a tfds data set in
+  ArrayRecord: splits maps each split to its shard lengths; features is a tfds FeaturesDict."""
+  info = {'name': name, 'version': version, 'fileFormat': 'array_record',
+          'splits': [{'name': split, 'filepathTemplate': _TEMPLATE,
+                      'shardLengths': [str(n) for n in lengths]}
+                     for split, lengths in splits.items()]}
+  with open(os.path.join(dataset_dir, 'dataset_info.json'), 'w') as f:
+    json.dump(info, f, indent=2)
+  features.save_config(dataset_dir)
+
+
+def encode_examples(images: np.ndarray, labels: np.ndarray) -> Iterator[bytes]:
+  """Serialized tf.train.Examples as tfds stores Image and ClassLabel features (PNG, int64)."""
+  import cv2
+  from tensorflow.core.example import example_pb2
+  for image, label in zip(images, labels):
+    ok, png = cv2.imencode('.png', image[..., ::-1] if image.shape[-1] == 3 else image)
+    assert ok
+    example = example_pb2.Example()
+    example.features.feature['image'].bytes_list.value.append(png.tobytes())
+    example.features.feature['label'].int64_list.value.append(int(label))
+    yield example.SerializeToString()

@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+
+from ohc_jax import input_pipeline, streaming
+
+
+def _images(n, seed=0, shape=(8, 8, 3)):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (n,) + shape, dtype=np.uint8), rng.integers(0, 5, n)
+
+
+@pytest.fixture(scope='module')
+def image_set(tmp_path_factory):
+  """A tiny tfds data set in ArrayRecord (two uneven train shards), and its arrays."""
+  import tensorflow_datasets as tfds
+  root = str(tmp_path_factory.mktemp('tiny') / 'tiny' / '1.0.0')
+  images, labels = _images(70)
+  for index, rows in enumerate((slice(0, 45), slice(45, 70))):
+    streaming.write_records(streaming.shard_path(root, 'tiny', 'train', index, 2),
+                            streaming.encode_examples(images[rows], labels[rows]))
+  features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
+                                         'label': tfds.features.ClassLabel(num_classes=5)})
+  streaming.write_info(root, 'tiny', '1.0.0', {'train': [45, 25]}, features)
+  return root, input_pipeline.Split(images, labels)
+
+
+def _equal_batches(got, want):
+  got, want = list(got), list(want)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+      assert a[key].dtype == b[key].dtype
+
+
+def test_image_source_decodes_what_was_written(image_set):
+  root, split = image_set
+  source = streaming.ImageSource(root, 'train')
+  assert len(source) == 70 and source.num_classes == 5 and source.image_shape == (8, 8, 3)
+  rows = np.array([69, 0, 44, 45, 3])
+  batch = source.read(rows)
+  np.testing.assert_array_equal(batch['image'], split.images[rows])
+  np.testing.assert_array_equal(batch['label'], split.labels[rows])
+
+
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_stream_feed_gives_train_feeds_batches(image_set, process_count):
+  root, split = image_set
+  source = streaming.ImageSource(root, 'train')
+  for index in range(process_count):
+    stream = streaming.StreamFeed(source, 16, seed=3, process_index=index,
+                                  process_count=process_count)
+    memory = input_pipeline.TrainFeed(split, 16, seed=3, process_index=index,
+                                      process_count=process_count)
+    assert stream.steps_per_epoch == memory.steps_per_epoch == 4
+    for epoch, start in ((0, 0), (1, 0), (1, 3)):
+      _equal_batches(stream.epoch(epoch, start), memory.epoch(epoch, start))
+
+
+class _Counting(streaming.ArraySource):
+  """Records every row read."""
+
+  def __init__(self, images, labels):
+    super().__init__(images, labels)
+    self.rows = []
+
+  def read(self, rows):
+    self.rows.extend(rows.tolist())
+    return super().read(rows)
+
+
+def test_resume_reads_only_the_remaining_batches():
+  images, labels = _images(1000, seed=1)
+  whole = list(streaming.StreamFeed(streaming.ArraySource(images, labels), 100, seed=0).epoch(2))
+  source = _Counting(images, labels)
+  resumed = list(streaming.StreamFeed(source, 100, seed=0).epoch(2, start_step=7))
+  _equal_batches(resumed, whole[7:])
+  assert sorted(source.rows) == sorted(input_pipeline.epoch_permutation(1000, 0, 2)[700:])
+
+
+def test_processes_read_disjoint_rows_that_form_the_global_batch():
+  images, labels = _images(1000, seed=2)
+  sources = [_Counting(images, labels) for _ in range(4)]
+  feeds = [streaming.StreamFeed(s, 100, seed=5, process_index=i, process_count=4)
+           for i, s in enumerate(sources)]
+  whole = streaming.StreamFeed(streaming.ArraySource(images, labels), 100, seed=5).epoch(1)
+  for parts in zip(whole, *(f.epoch(1) for f in feeds)):
+    _equal_batches([{k: np.concatenate([p[k] for p in parts[1:]]) for k in parts[0]}], [parts[0]])
+  rows = [set(s.rows) for s in sources]
+  assert all(len(r) == 250 for r in rows) and len(set.union(*rows)) == 1000
+
+
+def test_reads_ahead_by_at_most_prefetch_batches():
+  source = _Counting(*_images(10_000, seed=3))
+  batches = streaming.StreamFeed(source, 100, seed=0, prefetch=3).epoch(0)
+  for _ in range(5):
+    next(batches)
+  assert len(source.rows) <= (5 + 3) * 100
+  batches.close()  # Stopping early leaves no thread reading.
+  assert len(source.rows) <= (5 + 3) * 100
+
+
+@pytest.mark.parametrize('global_batch, process_count', [(32, 1), (32, 2), (16, 4)])
+def test_eval_batches_equal_memory_modes_with_labels(image_set, global_batch, process_count):
+  root, split = image_set
+  source = streaming.ImageSource(root, 'train')
+  for index in range(process_count):
+    stream = list(streaming.eval_batches(source, global_batch, index, process_count))
+    memory = list(input_pipeline.eval_batches(split, global_batch, index, process_count))
+    assert [v for _, v in stream] == [v for _, v in memory]
+    local, labels = global_batch // process_count, []
+    for (got, _), (want, _) in zip(stream, memory):
+      label = got.pop('label')
+      _equal_batches([got], [want])
+      assert len(label) == local and not label[~want['valid']].any()  # Padding labels are 0.
+      labels.append(label[want['valid']])
+    want_rows = np.concatenate([np.arange(s + index * local, min(s + (index + 1) * local, 70))
+                                for s in range(0, 70, global_batch)])
+    got = np.concatenate(labels)
+    np.testing.assert_array_equal(got, split.labels[want_rows])
+
+
+def test_vector_source_is_memory_mapped(tmp_path):
+  x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+  np.save(tmp_path / 'v.npy', x)
+  np.save(tmp_path / 'v_labels.npy', np.arange(50) % 3)
+  source = streaming.vector_source(str(tmp_path / 'v.npy'))
+  assert isinstance(source.images, np.memmap)
+  batch = source.read(np.array([4, 1]))
+  np.testing.assert_array_equal(batch['image'], x[[4, 1]])
+  np.testing.assert_array_equal(batch['label'], [1, 1])
+
+
+def test_synthetic_image_set_is_a_readable_tfds_set(tmp_path):
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'launch'))
+  import make_synthetic_images
+  root = str(tmp_path / 'synthetic_images' / '1.0.0')
+  make_synthetic_images.main(['--out', root, '--num', '30', '--shard_size', '13', '--seed', '4'])
+  source = streaming.ImageSource(root, 'train')
+  assert len(source) == 30 and source.num_classes == 10
+  want = [make_synthetic_images.shard(4, i, size) for i, size in enumerate((13, 13, 4))]
+  batch = source.read(np.arange(30))
+  np.testing.assert_array_equal(batch['image'], np.concatenate([w[0] for w in want]))
+  np.testing.assert_array_equal(batch['label'], np.concatenate([w[1] for w in want]))
+  assert len(set(batch['label'])) > 1 and batch['image'].std() > 10
