@@ -15,13 +15,9 @@ from tqdm import tqdm
 from ohc_jax import (checkpoints, configuration, costs, imbalance, input_pipeline, interrupts,
                      logging_utils, metrics, models, sharding, probes, steps)
 from ohc_jax import workdir as workdir_rules
-from ohc_jax.errors import UsageError
+from ohc_jax.errors import NonFiniteError, UsageError  # NonFiniteError: train.NonFiniteError too.
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import create_train_state, make_optimizer
-
-
-class NonFiniteError(RuntimeError):
-  """Training produced a non-finite loss, cost or gradient."""
 
 
 def evaluate(eval_step, state, split, config, mesh) -> dict:
