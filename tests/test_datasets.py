@@ -85,7 +85,8 @@ def test_image_folder(tmp_path):
 
 @pytest.mark.parametrize('overrides,message', [
     (dict(dataset='vectors:/nonexistent.npz'), 'no such .npz or .npy file'),
-    (dict(dataset='vectors:BAD'), 'holds arrays \\[\'features\'\\]; a vectors .npz needs x'),
+    (dict(dataset='vectors:BAD'), 'holds the arrays features; an array file holds x \\(inputs\\), '
+                                  'y \\(labels\\)'),
     (dict(dataset='vectors:NOLABELS'), 'needs its labels in'),
     (dict(dataset='folder:/nonexistent'), 'is not a folder'),
 ])

@@ -35,7 +35,7 @@ def run(tmp_path_factory):
   (folder / 'sub').mkdir(parents=True)
   for i, image in enumerate(images):  # Sorted order of relative paths = row order.
     Image.fromarray(image[..., 0]).save(folder / ('sub' if i >= 40 else '') / f'{i:03d}.png')
-  np.savez(root / 'images.npz', images=images)
+  np.savez(root / 'images.npz', x=images, y=np.zeros(N))  # y: ignored.
   np.save(root / 'images.npy', images[..., 0])  # (N, 8, 8): the channel axis may be left out.
   trained = load_trained(str(workdir))
   split = input_pipeline.Split(images, np.zeros(N, np.int64))
@@ -102,7 +102,7 @@ def test_bad_workdirs(run, tmp_path, capsys):
 
 def test_bad_inputs_name_the_first_bad_file_and_the_expected_shape(run, tmp_path, capsys):
   workdir = f'--workdir={run["workdir"]}'
-  np.savez(tmp_path / 'wrong.npz', images=np.zeros((4, 9, 9, 1), np.uint8))
+  np.savez(tmp_path / 'wrong.npz', x=np.zeros((4, 9, 9, 1), np.uint8))
   err = _bad([workdir, f'--input={tmp_path / "wrong.npz"}'], tmp_path, capsys)
   assert '(4, 9, 9, 1)' in err and '(8, 8, 1)' in err
   (tmp_path / 'garbage.npy').write_bytes(b'not numpy')
@@ -118,6 +118,12 @@ def test_bad_inputs_name_the_first_bad_file_and_the_expected_shape(run, tmp_path
   (folder / 'b.png').unlink()
   err = _bad([workdir, f'--input={folder}'], tmp_path, capsys)
   assert 'c.png' in err and '(9, 9, 1)' in err and '(8, 8, 1)' in err
+  np.savez(tmp_path / 'images.npz', images=np.zeros((4, 8, 8, 1), np.uint8))
+  err = _bad([workdir, f'--input={tmp_path / "images.npz"}'], tmp_path, capsys)
+  assert 'holds the arrays images' in err and 'x (inputs)' in err
+  np.savez(tmp_path / 'ids.npz', x=np.zeros((4, 8, 8, 1), np.uint8), ids=np.arange(3))
+  err = _bad([workdir, f'--input={tmp_path / "ids.npz"}'], tmp_path, capsys)
+  assert 'ids has 3 entries for 4 inputs' in err
   err = _bad([workdir, f'--input={tmp_path / "missing.npz"}'], tmp_path, capsys)
   assert 'does not exist' in err
   nan = np.full((4, 8, 8, 1), np.nan, np.float32)
