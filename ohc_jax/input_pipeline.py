@@ -135,13 +135,13 @@ def _load_folder(config) -> _Loaded:
   if not os.path.isdir(path):
     raise UsageError(f'folder:{path} is not a folder: give a folder with one sub-folder of images '
                      f'per class')
-  names = tuple(sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
-                       and readers.image_files(os.path.join(path, d))))
+  classes = {d: readers.image_files(os.path.join(path, d)) for d in sorted(os.listdir(path))
+             if os.path.isdir(os.path.join(path, d))}
+  names = tuple(d for d, files in classes.items() if files)
   if not names:
     raise UsageError(f'folder:{path} holds no sub-folder with images '
                      f'({", ".join(readers.IMAGE_EXTENSIONS)})')
-  files = [(f, label) for label, name in enumerate(names)
-           for f in readers.image_files(os.path.join(path, name))]
+  files = [(f, label) for label, name in enumerate(names) for f in classes[name]]
   images = [readers.read_image(f, 3) for f, _ in files]
   shapes = sorted({image.shape for image in images})
   if len(shapes) != 1:

@@ -89,10 +89,11 @@ def read_tfds(name: str, splits: Sequence[str], data_dir: Optional[str], fix: st
     datasets = [tfds.load(name, split=split, data_dir=data_dir, download=download)
                 for split in splits]
     sizes = [int(ds.cardinality()) for ds in datasets]  # tfds records each split's size.
+    keys = ('image', label_key) if label_key else ('image',)
     images = labels = None
     row = 0
     for ds in datasets:
-      for batch in tfds.as_numpy(ds.batch(8192)):
+      for batch in tfds.as_numpy(ds.map(lambda e: {k: e[k] for k in keys}).batch(8192)):
         if images is None:
           images = np.empty((sum(sizes),) + batch['image'].shape[1:], batch['image'].dtype)
           labels = np.empty(sum(sizes), np.int64) if label_key else None
