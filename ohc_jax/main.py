@@ -76,6 +76,7 @@ def parse_flags(argv, flag_values=flags.FLAGS) -> list:
 
 
 def train(flag_values, args) -> None:
+  """The command: trains --config into --workdir (flag_values: the parsed flags)."""
   if args:
     raise UsageError(f'unexpected arguments {" ".join(args)}: write flags as --NAME=VALUE, config '
                      f'fields as --config.FIELD=VALUE')
