@@ -61,9 +61,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLS = ('parallel', 'sequential')
-
-
 def handover_rate(batch: int, num_clusters: int, backend: str) -> float:
   """A round's cost in sequential steps, below which average commit the rounds hand over.
 
@@ -282,18 +279,24 @@ def _parallel(costs, counts, shortcuts, handover_rate):
   return labels, counts, rounds + steps
 
 
+def _parallel_here(costs, counts):
+  backend = jax.default_backend()
+  return _parallel(costs, counts, backend == 'cpu', handover_rate(*costs.shape, backend))
+
+
+# Implementations by name (config.assign_impl): `(costs, counts) -> (labels, counts, iterations)`.
+IMPLS = {'parallel': _parallel_here, 'sequential': _sequential}
+
+
 @functools.partial(jax.jit, static_argnames=('impl',))
 def combination_assign_with_rounds(costs, counts=None, *, impl='parallel'):
   """`combination_assign` plus its loop's iterations: the parallel rounds plus the sequential steps
   after a hand-over (impl='sequential': B steps)."""
   if impl not in IMPLS:
-    raise ValueError(f'combination_assign: impl must be one of {IMPLS}, got {impl!r}')
+    raise ValueError(f'combination_assign: impl must be one of {", ".join(IMPLS)}, got {impl!r}')
   costs, counts = _check(costs, counts, 'combination_assign')
   costs = jnp.where(jnp.isnan(costs), jnp.inf, costs)  # NaN is taken as +inf, by both impls.
-  if impl == 'parallel':
-    backend = jax.default_backend()
-    return _parallel(costs, counts, backend == 'cpu', handover_rate(*costs.shape, backend))
-  return _sequential(costs, counts)
+  return IMPLS[impl](costs, counts)
 
 
 def combination_assign(costs, counts=None, *, impl='parallel'):

@@ -15,7 +15,11 @@ import statistics
 import sys
 import time
 
-from absl import app, flags, logging
+from ohc_jax import cli  # pylint: disable=g-bad-import-order  (first: quiet TensorFlow and XLA)
+
+from absl import flags
+
+from ohc_jax.errors import UsageError
 
 _SUITE = flags.DEFINE_enum('suite', 'train', ['train', 'assign', 'scaling'], 'What to measure.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the figures (default: '
@@ -243,11 +247,11 @@ def suite_scaling() -> dict:
   return {'batch_size': _BATCH.value, 'rows': rows}
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Not JAX's INFO lines (e.g. the absent TPU backend).
-  from ohc_jax import conv
-  conv.configure_xla_cpu()  # Before JAX starts its backend.
+def benchmark(flag_values, args) -> None:
+  """The command: runs --suite and saves its figures (flag_values: the module's flags)."""
+  del flag_values
+  if args:
+    raise UsageError(f'unexpected arguments {" ".join(args)}: write flags as --NAME=VALUE')
   import jax
   if _SUITE.value == 'scaling':
     jax.config.update('jax_num_cpu_devices', max(map(int, _DEVICES.value)))
@@ -266,4 +270,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.main(benchmark)

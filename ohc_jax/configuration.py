@@ -9,16 +9,12 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from ohc_jax import imbalance
+from ohc_jax import assign, imbalance, input_pipeline, models
 from ohc_jax.costs import COVARIANCES
 from ohc_jax.errors import UsageError
 from ohc_jax.methods import IMAGE_METHODS, METHODS, SOFT_TRAIN_METHODS
 
-DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'stl10', 'realdisp')
-PATH_DATASETS = ('vectors:', 'folder:')  # 'vectors:FILE.npz', 'folder:DIR' (one folder a class).
-ENCODERS = ('simp', 'mlp', 'conv1d', 'resnet18')
 PROTOCOLS = ('paper', 'holdout')
-ASSIGN_IMPLS = ('parallel', 'sequential')
 ASSIGNMENT_SCOPES = ('global', 'device')
 
 
@@ -100,10 +96,11 @@ def _choice(config, field: str, choices) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UsageError naming the first bad field and the fix."""
   dataset = config.dataset
-  _check(dataset in DATASETS or str(dataset).startswith(PATH_DATASETS),
-         f'unknown dataset {dataset!r}: use --config.dataset= one of {", ".join(DATASETS)}, '
-         f'vectors:FILE.npz (arrays x, y) or folder:DIR (one sub-folder of images per class)')
-  _choice(config, 'encoder', ENCODERS)
+  _check(input_pipeline.loader(str(dataset)) is not None,
+         f'unknown dataset {dataset!r}: use --config.dataset= one of '
+         f'{", ".join(input_pipeline.DATASETS)}, vectors:FILE.npz (arrays x, y) or folder:DIR (one '
+         f'sub-folder of images per class)')
+  _choice(config, 'encoder', models.ENCODERS)
   _choice(config, 'protocol', PROTOCOLS)
   _choice(config, 'method', METHODS)
   _choice(config, 'covariance', COVARIANCES)
@@ -124,12 +121,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'{config.encoder!r}')
   _check(config.encoder == 'mlp' or not str(dataset).startswith('vectors:'),
          f'vectors need --config.encoder=mlp, not {config.encoder!r}')
-  _check(config.protocol == 'paper' or not (sequences or str(dataset).startswith(PATH_DATASETS)),
+  by_path = str(dataset).startswith(tuple(input_pipeline.PATH_DATASETS))
+  _check(config.protocol == 'paper' or not (sequences or by_path),
          f'{dataset} has no test split: use --config.protocol=paper')
   _choice(config, 'imbalance', (0, 1, 2, 3))
   _choice(config, 'prior_matching', imbalance.MATCHINGS)
   _choice(config, 'prior_scope', imbalance.SCOPES)
-  _choice(config, 'assign_impl', ASSIGN_IMPLS)
+  _choice(config, 'assign_impl', assign.IMPLS)
   _choice(config, 'assignment_scope', ASSIGNMENT_SCOPES)
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
                      ('hidden_dim', 1), ('latent_dim', 1), ('num_epochs', 1),

@@ -1,5 +1,23 @@
-"""The one exception type that command-line tools turn into a one-line message and exit code 2."""
+"""The exceptions the command-line wrapper (cli.py) turns into one line and an exit code. They live
+here, free of JAX and TensorFlow, so that the wrapper can catch them without loading either."""
+
+import signal
 
 
 class UsageError(Exception):
-  """Bad input from the user: the message names the problem and the fix."""
+  """Bad input from the user: the message names the problem and the fix. Exit code 2."""
+
+
+class NonFiniteError(RuntimeError):
+  """Non-finite loss, costs or gradients: the run stopped without saving the bad state. Exit code 1."""
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT: a checkpoint was saved and the run stopped; rerunning resumes it."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    from ohc_jax.checkpoints import checkpoint_dir  # Here, not at the top: it loads Orbax.
+    self.signum, self.step = signum, step
+    self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them.
+    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved '
+                     f'in {checkpoint_dir(workdir)}; rerun the same command to resume')

@@ -1,25 +1,17 @@
 """Data: tfds data sets, RealDisp, vector files, image folders and scikit-learn's digits, decoded
-once into memory, fed by tf.data."""
+once into memory (by ohc_jax.readers) and fed by NumPy: TensorFlow loads only for tfds data."""
 
+import collections
+import concurrent.futures
 import dataclasses
+import functools
 import os
-import tempfile
-from typing import Iterator
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from ohc_jax import imbalance
+from ohc_jax import imbalance, readers
 from ohc_jax.errors import UsageError
-
-# Per data set: the tfds name, its splits, label key and how stored pixels map to the encoder's
-# input range (colour images to [-1, 1], grey ones to [0, 1], as the reference: docs/fidelity.md).
-_TFDS = {
-    'mnist': ('mnist', 'train', 'test', 'label'),
-    'fashion_mnist': ('fashion_mnist', 'train', 'test', 'label'),
-    'cifar10': ('cifar10', 'train', 'test', 'label'),
-    'cifar100': ('cifar100', 'train', 'test', 'label'),
-    'stl10': ('stl10', 'train', 'test', 'label'),
-}
 
 
 class Windows:
@@ -64,10 +56,6 @@ class Data:
   prior: np.ndarray | None = None  # Class proportions of an imbalanced set; None: uniform.
 
 
-def _concat(a: Split, b: Split) -> Split:
-  return Split(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]))
-
-
 def subset(split: Split, rows) -> Split:
   """The rows (indices or a slice) of a split; windows stay windows."""
   images = split.images
@@ -75,55 +63,44 @@ def subset(split: Split, rows) -> Split:
                split.labels[rows])
 
 
-def _hide_gpus_from_tf():
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
-  return tf
+class _Loaded(NamedTuple):
+  """What a loader reads: every point of the data set, the training split first."""
+  split: Split
+  test_start: Optional[int]  # The first row of the test split; None: no test split.
+  num_classes: int
+  scale: float  # Stored inputs map to the encoder's input range as x * scale + offset: colour
+  offset: float  # images to [-1, 1], grey ones to [0, 1], as the reference (docs/fidelity.md).
+  class_names: tuple[str, ...]
 
 
-def _load_digits() -> tuple[Split, Split, int, float, float, tuple[str, ...]]:
+def _load_digits(config) -> _Loaded:
+  del config
   from sklearn.datasets import load_digits
   digits = load_digits()
   images = digits.images.astype(np.uint8)[..., None]  # Values 0..16.
-  labels = digits.target.astype(np.int64)
-  cut = 1500  # A fixed holdout split of the 1,797 images.
-  names = tuple(str(d) for d in range(10))
-  return (Split(images[:cut], labels[:cut]), Split(images[cut:], labels[cut:]), 10, 1 / 16, 0.0,
-          names)
+  # A fixed holdout split of the 1,797 images: the first 1,500 for training.
+  return _Loaded(Split(images, digits.target.astype(np.int64)), 1500, 10, 1 / 16, 0.0,
+                 tuple(str(d) for d in range(10)))
 
 
-def _load_tfds(dataset: str, data_dir, download: bool):
-  tf = _hide_gpus_from_tf()
-  import tensorflow_datasets as tfds
-  name, train_split, test_split, label_key = _TFDS[dataset]
-  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR')
-  splits = []
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    for split in (train_split, test_split):
-      ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
-      ds = ds.map(lambda e: (e['image'], e[label_key])).batch(8192)
-      images, labels = zip(*tfds.as_numpy(ds))
-      splits.append(Split(np.concatenate(images), np.concatenate(labels).astype(np.int64)))
-  except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
-    where = data_dir or '~/tensorflow_datasets'
-    raise UsageError(
-        f'data set {name!r} is not prepared under {where}: point --config.data_dir (or '
-        f'TFDS_DATA_DIR) at a tfds data dir that holds it, or pass --config.download=True '
-        f'({type(e).__name__})') from None
-  label_feature = builder.info.features[label_key]
-  image = splits[0].images
-  colour = image.ndim == 4 and image.shape[-1] == 3
+def _load_tfds(name: str, config) -> _Loaded:
+  """The tfds data set `name`, its train then test split."""
+  images, labels, sizes, info = readers.read_tfds(
+      name, ('train', 'test'), config.data_dir, label_key='label', download=config.download,
+      fix='point --config.data_dir (or TFDS_DATA_DIR) at a tfds data dir that holds it, or pass '
+          '--config.download=True')
+  label = info.features['label']
+  colour = images.ndim == 4 and images.shape[-1] == 3
   scale, offset = (1 / 127.5, -1.0) if colour else (1 / 255, 0.0)
-  names = tuple(label_feature.names) if hasattr(label_feature, 'names') else ()
-  return splits[0], splits[1], label_feature.num_classes, scale, offset, names
+  names = tuple(label.names) if hasattr(label, 'names') else ()
+  return _Loaded(Split(images, labels), sizes[0], label.num_classes, scale, offset, names)
 
 
-def _load_realdisp(config):
+def _load_realdisp(config) -> _Loaded:
   from ohc_jax.datasets import realdisp
   sequence, starts, labels, names = realdisp.load(config.data_dir, config.manual_dir)
-  return (Split(Windows(sequence, starts, realdisp.WINDOW), labels), None, len(names), 1.0, 0.0,
-          names)
+  return _Loaded(Split(Windows(sequence, starts, realdisp.WINDOW), labels), None, len(names), 1.0,
+                 0.0, names)
 
 
 def _classes(labels: np.ndarray, path: str):
@@ -135,86 +112,79 @@ def _classes(labels: np.ndarray, path: str):
   return labels.astype(np.int64), tuple(str(v) for v in values)
 
 
-def _load_vectors(path: str):
-  """`vectors:FILE.npz` with arrays x (N, D) and y (N,), or `vectors:FILE.npy` (x) next to
-  FILE_labels.npy (y): e.g. text embeddings such as the reference's tweets (docs/fidelity.md)."""
-  if path.endswith('.npz') and os.path.isfile(path):
-    with np.load(path) as f:
-      if not {'x', 'y'} <= set(f.files):
-        raise UsageError(f'{path} holds arrays {sorted(f.files)}; a vectors .npz needs x (points '
-                         f'x features) and y (labels)')
-      x, y = f['x'], f['y']
-  elif path.endswith('.npy') and os.path.isfile(path):
-    labels_path = path[:-4] + '_labels.npy'
-    if not os.path.isfile(labels_path):
-      raise UsageError(f'{path} needs its labels in {labels_path} (or give a .npz with x and y)')
-    x, y = np.load(path), np.load(labels_path)
-  else:
-    raise UsageError(f'vectors:{path}: no such .npz or .npy file; give vectors:FILE.npz (arrays x '
-                     f'and y) or vectors:FILE.npy (with FILE_labels.npy)')
+def _load_vectors(config) -> _Loaded:
+  """`vectors:FILE.npz` or `vectors:FILE.npy` (readers.read_arrays: x (N, D), labels y): e.g. text
+  embeddings such as the reference's tweets (docs/fidelity.md)."""
+  path = config.dataset.removeprefix('vectors:')
+  if not (path.endswith(('.npz', '.npy')) and os.path.isfile(path)):
+    raise UsageError(f'vectors:{path}: no such .npz or .npy file; give vectors:FILE.npz (holding '
+                     f'{readers.ARRAY_CONVENTION}) or vectors:FILE.npy (with FILE_labels.npy)')
+  x, y, _ = readers.read_arrays(path, labels=True)
   if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or len(x) != len(y):
     raise UsageError(f'{path}: x must be a numeric (points, features) array with one label in y '
                      f'per row, got x {x.dtype} {x.shape} and y {y.shape}')
   labels, names = _classes(y, path)
-  return Split(x.astype(np.float32), labels), None, len(names), 1.0, 0.0, names
+  return _Loaded(Split(x.astype(np.float32, copy=False), labels), None, len(names), 1.0, 0.0,
+                 names)
 
 
-def _load_folder(path: str):
-  """`folder:DIR` with one sub-folder of .png/.jpg images per class, read by tfds's ImageFolder;
-  images must share one size."""
-  tf = _hide_gpus_from_tf()
-  import tensorflow_datasets as tfds
+def _load_folder(config) -> _Loaded:
+  """`folder:DIR` with one sub-folder of images per class (readers.image_files under each, decoded
+  as RGB); the images must share one size."""
+  path = config.dataset.removeprefix('folder:')
   if not os.path.isdir(path):
     raise UsageError(f'folder:{path} is not a folder: give a folder with one sub-folder of images '
                      f'per class')
-  with tempfile.TemporaryDirectory() as root:  # ImageFolder wants ROOT/SPLIT/CLASS/IMAGE.
-    os.symlink(os.path.abspath(path), os.path.join(root, 'train'))
-    builder = tfds.ImageFolder(root)
-    if 'train' not in builder.info.splits:
-      raise UsageError(f'folder:{path} holds no sub-folder with .png or .jpg images')
-    names = tuple(builder.info.features['label'].names)
-    images, labels, shapes = [], [], set()
-    try:
-      for example in tfds.as_numpy(builder.as_dataset(split='train', shuffle_files=False)):
-        images.append(example['image'])
-        labels.append(example['label'])
-        shapes.add(example['image'].shape)
-    except tf.errors.InvalidArgumentError as e:
-      raise UsageError(f'folder:{path}: an image does not decode ({e.message.splitlines()[0]})')
+  classes = {d: readers.image_files(os.path.join(path, d)) for d in sorted(os.listdir(path))
+             if os.path.isdir(os.path.join(path, d))}
+  names = tuple(d for d, files in classes.items() if files)
+  if not names:
+    raise UsageError(f'folder:{path} holds no sub-folder with images '
+                     f'({", ".join(readers.IMAGE_EXTENSIONS)})')
+  files = [(f, label) for label, name in enumerate(names) for f in classes[name]]
+  images = [readers.read_image(f, 3) for f, _ in files]
+  shapes = sorted({image.shape for image in images})
   if len(shapes) != 1:
-    raise UsageError(f'folder:{path}: the images have sizes {sorted(shapes)[:3]}...; resize them '
-                     f'to one size')
-  return (Split(np.stack(images), np.asarray(labels, np.int64)), None, len(names), 1 / 127.5, -1.0,
-          names)
+    raise UsageError(f'folder:{path}: the images have sizes {shapes[:3]}...; resize them to one '
+                     f'size')
+  return _Loaded(Split(np.stack(images), np.array([label for _, label in files], np.int64)), None,
+                 len(names), 1 / 127.5, -1.0, names)
+
+
+# Data sets by name: the loader of each, `loader(config) -> _Loaded`.
+DATASETS = {
+    'digits': _load_digits,
+    **{name: functools.partial(_load_tfds, name)
+       for name in ('mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'stl10')},
+    'realdisp': _load_realdisp,
+}
+# Data sets by path, under a prefix: 'vectors:FILE.npz', 'folder:DIR'.
+PATH_DATASETS = {'vectors:': _load_vectors, 'folder:': _load_folder}
+
+
+def loader(dataset: str):
+  """The loader of config.dataset, or None for an unknown one."""
+  prefix = next((p for p in PATH_DATASETS if dataset.startswith(p)), None)
+  return PATH_DATASETS[prefix] if prefix else DATASETS.get(dataset)
 
 
 def load(config) -> Data:
   """Loads config.dataset under config.protocol ('paper': train+test for both; 'holdout')."""
-  dataset = config.dataset
-  if dataset == 'digits':
-    train, test, num_classes, scale, offset, names = _load_digits()
-  elif dataset in _TFDS:
-    train, test, num_classes, scale, offset, names = _load_tfds(
-        dataset, config.data_dir, config.download)
-  elif dataset == 'realdisp':
-    train, test, num_classes, scale, offset, names = _load_realdisp(config)
-  elif dataset.startswith('vectors:'):
-    train, test, num_classes, scale, offset, names = _load_vectors(dataset[len('vectors:'):])
-  elif dataset.startswith('folder:'):
-    train, test, num_classes, scale, offset, names = _load_folder(dataset[len('folder:'):])
+  read = loader(config.dataset)
+  if read is None:
+    raise UsageError(f'unknown dataset {config.dataset!r}')
+  split, test_start, num_classes, scale, offset, names = read(config)
+  if test_start is None or config.protocol == 'paper':  # One split: train and evaluate on it.
+    train = test = split
   else:
-    raise UsageError(f'unknown dataset {dataset!r}')
-  if test is None:  # A single split: train and evaluate on it (validate refuses 'holdout').
-    test = train
-  elif config.protocol == 'paper':
-    train = test = _concat(train, test)
+    train, test = subset(split, slice(0, test_start)), subset(split, slice(test_start, None))
   both = lambda f: (f(train),) * 2 if train is test else (f(train), f(test))  # One copy if shared.
   if config.max_examples:
     train, test = both(lambda s: subset(s, slice(0, config.max_examples)))
   prior = None
   if config.imbalance:
     if config.num_clusters != num_classes:
-      raise UsageError(f'imbalance: the prior has one entry per class, and {dataset} has '
+      raise UsageError(f'imbalance: the prior has one entry per class, and {config.dataset} has '
                        f'{num_classes}: set --config.num_clusters={num_classes}')
     keep = imbalance.keep_probabilities(config.imbalance, num_classes)
     train, test = both(lambda s: subset(s, imbalance.subsample(s.labels, keep, config.seed)))
@@ -228,40 +198,49 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class TrainFeed:
-  """Per-epoch tf.data pipelines over one process's rows of each global batch.
+  """Per-epoch batches of one process's rows of each global batch, gathered by NumPy from the
+  split in memory, two batches ahead in a background thread.
 
   Every process shuffles the same way and takes its slice of each global batch, so the global
   batches, and therefore the run, do not depend on the number of processes or devices.
   """
 
+  PREFETCH = 2
+
   def __init__(self, split: Split, global_batch: int, seed: int, process_index: int = 0,
                process_count: int = 1):
-    self._tf = tf = _hide_gpus_from_tf()
-    labels, windows = tf.constant(split.labels), split.images
-    if isinstance(windows, Windows):  # Gathered by NumPy: the windows overlap.
-      def gather(idx):
-        images = tf.numpy_function(lambda i: windows[i], [idx], tf.as_dtype(windows.dtype))
-        images.set_shape((None,) + windows.shape[1:])
-        return {'image': images, 'label': tf.gather(labels, idx)}
-    else:
-      images = tf.constant(split.images)
-      gather = lambda idx: {'image': tf.gather(images, idx), 'label': tf.gather(labels, idx)}
-    self._gather = gather
-    self._n = len(split)
+    self._split = split
     self._seed = seed
     self._global_batch = global_batch
     self._local_batch = global_batch // process_count
     self._offset = process_index * self._local_batch
-    self.steps_per_epoch = self._n // global_batch
+    self.steps_per_epoch = len(split) // global_batch
+
+  def _batch(self, rows: np.ndarray) -> dict:
+    return {'image': self._split.images[rows], 'label': self._split.labels[rows]}
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
     """Batches {'image', 'label'} of the epoch from start_step on (drop remainder)."""
-    tf = self._tf
-    perm = epoch_permutation(self._n, self._seed, epoch)
+    perm = epoch_permutation(len(self._split), self._seed, epoch)
     perm = perm[:self.steps_per_epoch * self._global_batch].reshape(self.steps_per_epoch, -1)
     rows = perm[start_step:, self._offset:self._offset + self._local_batch]
-    ds = tf.data.Dataset.from_tensor_slices(rows).map(self._gather)
-    return ds.prefetch(2).as_numpy_iterator()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      ahead = collections.deque(pool.submit(self._batch, r) for r in rows[:self.PREFETCH])
+      for r in rows[self.PREFETCH:]:
+        batch = ahead.popleft().result()
+        ahead.append(pool.submit(self._batch, r))
+        yield batch
+      while ahead:
+        yield ahead.popleft().result()
+
+
+def pad_rows(array: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(array with zero rows appended up to `size` rows, mask of its real rows): batches keep one
+  shape, so the jitted steps compile once."""
+  real = np.arange(size) < len(array)
+  if len(array) < size:
+    array = np.concatenate([array, np.zeros((size - len(array),) + array.shape[1:], array.dtype)])
+  return array, real
 
 
 def eval_batches(split: Split, global_batch: int, process_index: int = 0,
@@ -272,9 +251,5 @@ def eval_batches(split: Split, global_batch: int, process_index: int = 0,
   for start in range(0, len(split), global_batch):
     valid = min(global_batch, len(split) - start)
     lo = start + process_index * local
-    images = split.images[lo:min(lo + local, start + valid)]
-    real = np.arange(local) < len(images)
-    if len(images) < local:
-      pad = np.zeros((local - len(images),) + split.images.shape[1:], split.images.dtype)
-      images = np.concatenate([images, pad])
+    images, real = pad_rows(split.images[lo:min(lo + local, start + valid)], local)
     yield {'image': images, 'valid': real}, valid

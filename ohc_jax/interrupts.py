@@ -6,17 +6,7 @@ import signal
 import threading
 from typing import Optional
 
-from ohc_jax.checkpoints import checkpoint_dir
-
-
-class Interrupted(Exception):
-  """SIGTERM or SIGINT: a checkpoint was saved and the run stopped; rerunning resumes it."""
-
-  def __init__(self, signum: int, step: int, workdir: str):
-    self.signum, self.step = signum, step
-    self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them.
-    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved '
-                     f'in {checkpoint_dir(workdir)}; rerun the same command to resume')
+from ohc_jax.errors import Interrupted  # pylint: disable=unused-import  (interrupts.Interrupted)
 
 
 class StopOnSignal:

@@ -11,18 +11,14 @@ one line naming the problem, exit code 2, nothing written.
 
 import os
 import re
-import sys
 
-# Before TensorFlow or XLA load: no C++ INFO notices (oneDNN, CPU features); warnings still show.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+from ohc_jax import cli  # pylint: disable=g-bad-import-order  (first: quiet TensorFlow and XLA)
 
-import logging as py_logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-bad-import-order
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # pylint: disable=wrong-import-position
-from ml_collections import config_flags  # pylint: disable=wrong-import-position
-
-from ohc_jax import configuration  # pylint: disable=wrong-import-position
-from ohc_jax.errors import UsageError  # pylint: disable=wrong-import-position
+from ohc_jax import configuration
+from ohc_jax.errors import UsageError
 
 
 class _ConfigParser(flags.ArgumentParser):
@@ -54,17 +50,22 @@ def define_config_flag(flag_values, argv) -> None:
   flag.parser = _ConfigParser(flag.parser)
 
 
+def _define_flags(flag_values, argv) -> None:
+  define_config_flag(flag_values, argv)
+  flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics, results.',
+                      flag_values=flag_values)
+  flags.DEFINE_bool('overwrite', False, 'Replace the run in --workdir (finished or not) instead of '
+                    'refusing or resuming it.', flag_values=flag_values)
+
+
 def parse_flags(argv, flag_values=flags.FLAGS) -> list:
-  """Defines --config and parses argv, with every error as a UsageError; returns the arguments left.
+  """Defines the flags and parses argv, with every error as a UsageError; returns the arguments left.
 
   (The config flag is defined here, not on import: defining it applies the overrides to the default
   config, which fails for an unknown field.)
   """
   try:
-    define_config_flag(flag_values, argv)
-    return flag_values(argv)
-  except flags.Error as e:
-    raise UsageError(f'{e} (python -m ohc_jax.main --helpfull lists the flags)') from None
+    return cli.parse_flags(argv, flag_values, lambda fv: _define_flags(fv, argv))
   except (AttributeError, KeyError) as e:  # A --config.FIELD override the config lacks.
     fields = configuration.base_config().keys()
     for arg in argv[1:]:
@@ -74,46 +75,17 @@ def parse_flags(argv, flag_values=flags.FLAGS) -> list:
     raise UsageError(f'bad --config override: {e}') from None
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics, results.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace the run in --workdir (finished or not) '
-                                'instead of refusing or resuming it.')
-
-
-def _fail(error: UsageError):
-  print(f'error: {error}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse_flags_or_exit(argv):
-  try:
-    return parse_flags(argv)
-  except UsageError as e:
-    _fail(e)
-
-
-def main(argv):
-  logging.set_verbosity(logging.WARNING)
-  py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.WARNING)  # Not the INFO line
-  # "Unable to initialize backend 'tpu'"; its warnings (a GPU without CUDA jaxlib) still show.
-  from ohc_jax import conv
-  conv.configure_xla_cpu()  # Before JAX starts its backend.
-  from ohc_jax import train
-  from ohc_jax.interrupts import Interrupted
-  try:
-    if len(argv) > 1:
-      raise UsageError(f'unexpected arguments {" ".join(argv[1:])}: write flags as --NAME=VALUE, '
-                       f'config fields as --config.FIELD=VALUE')
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except UsageError as e:
-    _fail(e)
-  except train.NonFiniteError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except Interrupted as e:  # SIGTERM: 143, SIGINT: 130; the checkpoint is saved.
-    print(e, file=sys.stderr)
-    sys.exit(e.exit_code)
+def train(flag_values, args) -> None:
+  """The command: trains --config into --workdir (flag_values: the parsed flags)."""
+  if args:
+    raise UsageError(f'unexpected arguments {" ".join(args)}: write flags as --NAME=VALUE, config '
+                     f'fields as --config.FIELD=VALUE')
+  if not flag_values.workdir:
+    raise UsageError('--workdir is required: name the folder for the run\'s outputs')
+  from ohc_jax import train as train_lib
+  train_lib.train_and_evaluate(flag_values.config, flag_values.workdir,
+                               overwrite=flag_values.overwrite)
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('workdir')
-  app.run(main, flags_parser=_parse_flags_or_exit)
+  cli.main(train, parse_flags)

@@ -6,6 +6,7 @@ method against the reference's, with its file and line: docs/fidelity.md. `ckm`'
 term needs the images and is added by the train step (steps.py) to its clustering term here.
 """
 
+import functools
 import math
 from typing import Callable
 
@@ -170,8 +171,6 @@ def soft_loss(costs):
   return jnp.mean(jnp.sum(weights * costs, axis=1))
 
 
-METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'entropy', 'entropy_reference',
-           'variance', 'variance_improved', 'neural_gas', 'ckm', 'coke')
 # The methods whose loss is the mean cost of the labels, which `soft_train` replaces.
 SOFT_TRAIN_METHODS = ('combination', 'none', 'sinkhorn', 'hard_sinkhorn', 'coke')
 # The methods that reconstruct the images from the centroids, so need square image inputs.
@@ -189,6 +188,27 @@ def log_normaliser(config) -> float:
   return -0.5 * config.latent_dim * math.log(config.sigma) if config.log_normaliser else 0.0
 
 
+def _plain(fn):
+  return lambda config: lambda c, n, d, p: fn(c, n, d)
+
+
+# Methods by name (config.method): `make(config) -> (costs, counts, duals, log_prior) -> (labels,
+# counts, loss, duals)`.
+METHODS = {
+    'combination': lambda config: lambda c, n, d, p: combination(c, n, d, impl=config.assign_impl),
+    'none': _plain(no_regularisation),
+    'sinkhorn': lambda config: lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=False),
+    'hard_sinkhorn': lambda config: lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=True),
+    'entropy': _plain(entropy),
+    'entropy_reference': _plain(entropy_reference),
+    'variance': _plain(variance),
+    'variance_improved': _plain(functools.partial(variance, improved=True)),
+    'neural_gas': _plain(neural_gas),
+    'ckm': _plain(no_regularisation),  # ckm's clustering term (train.py:165-167 at 37a5908).
+    'coke': _plain(coke),
+}
+
+
 def make_method(config) -> Callable[..., tuple]:
   """`(costs, counts, duals, log_prior) -> (labels, counts, loss, duals, metrics)` for
   config.method (for `ckm` its clustering term), with the loss replaced by `soft_loss` under
@@ -196,21 +216,10 @@ def make_method(config) -> Callable[..., tuple]:
   (summed over devices): entropy_reference's `refused_entries`; empty for the others."""
   name = config.method
   shift = log_normaliser(config) if name in SHIFT_DEPENDENT_METHODS else 0.0
-  if name in ('sinkhorn', 'hard_sinkhorn'):
-    method = lambda c, n, d, p: _sinkhorn(c, n, d, p, hard=name == 'hard_sinkhorn')
-  else:
-    if name == 'combination':
-      fn = lambda c, n, d: combination(c, n, d, impl=config.assign_impl)
-    elif name in ('variance', 'variance_improved'):
-      fn = lambda c, n, d: variance(c, n, d, improved=name == 'variance_improved')
-    else:
-      fn = {'none': no_regularisation, 'entropy': entropy, 'entropy_reference': entropy_reference,
-            'neural_gas': neural_gas, 'coke': coke,
-            'ckm': no_regularisation}[name]  # ckm's clustering term (train.py:165-167 at 37a5908).
-    method = lambda c, n, d, p: fn(c + shift if shift else c, n, d)
+  method = METHODS[name](config)
 
   def bound(costs, counts, duals, log_prior):
-    labels, counts, loss, duals = method(costs, counts, duals, log_prior)
+    labels, counts, loss, duals = method(costs + shift if shift else costs, counts, duals, log_prior)
     metrics = ({'refused_entries': refused_entries(costs + shift)}
                if name == 'entropy_reference' else {})
     return labels, counts, soft_loss(costs) if config.soft_train else loss, duals, metrics

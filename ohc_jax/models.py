@@ -100,17 +100,18 @@ class ResNet18(nn.Module):
     return nn.Dense(self.latent_dim)(jnp.mean(x, axis=(1, 2)))
 
 
+# Encoders by name (config.encoder): the constructor of each from the config.
+ENCODERS = {
+    'simp': lambda config: SimpEncoder(latent_dim=config.latent_dim),
+    'mlp': lambda config: MLPEncoder(latent_dim=config.latent_dim, hidden_dim=config.hidden_dim),
+    'conv1d': lambda config: Conv1DEncoder(latent_dim=config.latent_dim),
+    'resnet18': lambda config: ResNet18(latent_dim=config.latent_dim),
+}
+
+
 def make_encoder(config) -> nn.Module:
   """The encoder named by config.encoder."""
-  if config.encoder == 'simp':
-    return SimpEncoder(latent_dim=config.latent_dim)
-  if config.encoder == 'mlp':
-    return MLPEncoder(latent_dim=config.latent_dim, hidden_dim=config.hidden_dim)
-  if config.encoder == 'conv1d':
-    return Conv1DEncoder(latent_dim=config.latent_dim)
-  if config.encoder == 'resnet18':
-    return ResNet18(latent_dim=config.latent_dim)
-  raise ValueError(f'unknown encoder {config.encoder!r}')
+  return ENCODERS[config.encoder](config)
 
 
 def _geometric(start: int, end: int, n: int) -> list[int]:

@@ -4,13 +4,12 @@ r"""Label new data with a trained model, point-wise (the paper's inference rule:
   python -m ohc_jax.predict --workdir=runs/c10 --input=batch.npz --output=labels.csv
   python -m ohc_jax.predict --workdir=runs/c10 --input=tfds:cifar10:test --output=labels.csv
 
---input is one of:
+--input is one of (read by ohc_jax.readers, as training reads its data):
 - a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff; searched recursively,
   taken in sorted order; id = the path relative to the folder), converted to grey or RGB as the
   model's input;
-- a .npy array, or a .npz holding one (named `images`, `image`, `x` or `data`, or its only array;
-  an optional `ids` array names the rows; otherwise id = the row number), shaped (N, H, W, C) or,
-  for one channel, (N, H, W);
+- a .npz holding `x` (the inputs; optionally `ids` naming the rows, otherwise id = the row number;
+  a `y` is ignored), or a .npy holding x; shaped (N, H, W, C) or, for one channel, (N, H, W);
 - `tfds:NAME:SPLIT` (e.g. `tfds:cifar10:test`, `tfds:mnist:test[:1000]`): a prepared tfds data set
   (under --data_dir, else the run's data_dir, else $TFDS_DATA_DIR); id = the row number.
 
@@ -23,18 +22,18 @@ renamed at the end, so a failed run leaves no partial output. Batches are sharde
 device. Bad input: one line naming the problem, exit code 2.
 """
 
-import argparse
 import csv
 import os
 import sys
 from typing import Iterator, Optional
 
+from ohc_jax import cli  # pylint: disable=g-bad-import-order  (first: quiet TensorFlow and XLA)
+
 import numpy as np
+from absl import flags, logging
 
+from ohc_jax import readers
 from ohc_jax.errors import UsageError
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
-NPZ_KEYS = ('images', 'image', 'x', 'data')
 
 
 def _shape_str(shape) -> str:
@@ -58,75 +57,36 @@ def _fit(array: np.ndarray, expected: tuple, what: str) -> np.ndarray:
   return array
 
 
-def _read_image(path: str, expected: tuple) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      image = image.convert('L' if expected[-1] == 1 else 'RGB')
-      array = np.asarray(image)
-  except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-    raise UsageError(f'cannot read the image {path} ({type(e).__name__}: '
-                     f'{str(e).splitlines()[0] if str(e) else "unreadable"}): fix or remove it '
-                     f'(the model expects images of shape {_shape_str(expected)})') from None
-  if array.ndim == 2:
-    array = array[..., None]
-  if array.shape != tuple(expected):
-    raise UsageError(f'the image {path} is {_shape_str(array.shape)} (height, width, channels), '
-                     f'but the model expects {_shape_str(expected)}: resize it to the training '
-                     f'images\' size')
-  return array
-
-
 def _folder_chunks(folder: str, expected: tuple, chunk: int) -> Iterator[tuple[list, np.ndarray]]:
-  files = []
-  for root, dirs, names in os.walk(folder):
-    dirs.sort()
-    for name in names:
-      if name.lower().endswith(IMAGE_EXTENSIONS):
-        files.append(os.path.join(root, name))
-  files.sort(key=lambda p: os.path.relpath(p, folder))
+  files = readers.image_files(folder)
   if not files:
-    raise UsageError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in {folder}')
+    raise UsageError(f'no image files ({", ".join(readers.IMAGE_EXTENSIONS)}) in {folder}')
   for start in range(0, len(files), chunk):
     part = files[start:start + chunk]
-    yield ([os.path.relpath(p, folder) for p in part],
-           np.stack([_read_image(p, expected) for p in part]))
+    images = []
+    for path in part:
+      try:
+        image = readers.read_image(path, expected[-1])
+      except UsageError as e:
+        raise UsageError(f'{e} (the model expects images of shape {_shape_str(expected)})') \
+            from None
+      if image.shape != tuple(expected):
+        raise UsageError(f'the image {path} is {_shape_str(image.shape)} (height, width, '
+                         f'channels), but the model expects {_shape_str(expected)}: resize it to '
+                         f'the training images\' size')
+      images.append(image)
+    yield [os.path.relpath(p, folder) for p in part], np.stack(images)
 
 
 def _load_array(path: str, expected: tuple) -> tuple[list, np.ndarray]:
-  try:
-    loaded = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    raise UsageError(f'cannot read {path} as {"a .npz" if path.endswith(".npz") else "an .npy"} '
-                     f'file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') \
-        from None
-  ids = None
-  what = path
-  if isinstance(loaded, np.lib.npyio.NpzFile):
-    with loaded:
-      keys = list(loaded.keys())
-      key = next((k for k in NPZ_KEYS if k in keys), None)
-      arrays = [k for k in keys if k not in ('ids', 'id')]
-      if key is None and len(arrays) == 1:
-        key = arrays[0]
-      if key is None:
-        raise UsageError(f'{path} holds the arrays {", ".join(keys) or "none"}: name the images '
-                         f'{" or ".join(NPZ_KEYS)} (and the optional row names ids)')
-      try:
-        array = loaded[key]
-        if 'ids' in keys or 'id' in keys:
-          ids = [str(i) for i in loaded['ids' if 'ids' in keys else 'id'].tolist()]
-      except (OSError, ValueError, EOFError) as e:
-        raise UsageError(f'cannot read the array {key!r} of {path} ({type(e).__name__})') from None
-      what = f'the array {key!r} of {path}'
-  else:
-    array = loaded
-  array = _fit(np.asarray(array), expected, what)
+  x, _, ids = readers.read_arrays(path, labels=False)
+  what = f'the array x of {path}' if path.endswith('.npz') else path
+  array = _fit(np.asarray(x), expected, what)
   if ids is None:
-    ids = [str(i) for i in range(len(array))]
-  elif len(ids) != len(array):
-    raise UsageError(f'{path}: ids has {len(ids)} entries for {len(array)} images')
-  return ids, array
+    return [str(i) for i in range(len(array))], array
+  if len(ids) != len(array):
+    raise UsageError(f'{path}: ids has {len(ids)} entries for {len(array)} inputs')
+  return [str(i) for i in ids.tolist()], array
 
 
 def _load_tfds(spec: str, expected: tuple, data_dir: Optional[str]) -> tuple[list, np.ndarray]:
@@ -135,18 +95,9 @@ def _load_tfds(spec: str, expected: tuple, data_dir: Optional[str]) -> tuple[lis
     raise UsageError(f'--input={spec}: write a tfds data set as tfds:NAME:SPLIT, e.g. '
                      f'tfds:cifar10:test')
   _, name, split = parts
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
-  import tensorflow_datasets as tfds
-  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR')
-  try:
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
-    images = [batch['image'] for batch in tfds.as_numpy(ds.batch(4096))]
-  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
-    raise UsageError(f'cannot load {name}:{split} from tfds under {data_dir or "~/tensorflow_datasets"}'
-                     f' ({type(e).__name__}): point --data_dir at a tfds data dir that holds it')\
-        from None
-  array = _fit(np.concatenate(images), expected, f'{name}:{split}')
+  images, _, _, _ = readers.read_tfds(name, [split], data_dir,
+                                      fix='point --data_dir at a tfds data dir that holds it')
+  array = _fit(images, expected, f'{name}:{split}')
   return [str(i) for i in range(len(array))], array
 
 
@@ -176,16 +127,12 @@ def predict_chunks(trained, chunks) -> Iterator[tuple[list, np.ndarray, np.ndarr
   """(ids, cluster, cost) per chunk: the jitted evaluation step over every device, padded."""
   import jax
 
-  from ohc_jax import sharding
-  batch = trained.config.eval_batch_size
+  from ohc_jax import input_pipeline, sharding
   for ids, images in chunks:
-    n = len(images)
-    if n < batch:
-      pad = np.zeros((batch - n,) + images.shape[1:], images.dtype)
-      images = np.concatenate([images, pad])
+    images, real = input_pipeline.pad_rows(images, trained.config.eval_batch_size)
     out = trained.eval_step(trained.state, sharding.to_global({'image': images}, trained.mesh))
     out = jax.device_get({'cluster': out['cluster'], 'cost': out['cost']})
-    yield ids, np.asarray(out['cluster'])[:n], np.asarray(out['cost'])[:n]
+    yield ids, np.asarray(out['cluster'])[real], np.asarray(out['cost'])[real]
 
 
 def class_names_of_clusters(meta: dict) -> Optional[list]:
@@ -197,20 +144,28 @@ def class_names_of_clusters(meta: dict) -> Optional[list]:
   return [(names[c] if c < len(names) else str(c)) if c >= 0 else '' for c in mapping]
 
 
-def run(argv=None) -> int:
-  """The command line; returns the exit code."""
-  parser = argparse.ArgumentParser(prog='python -m ohc_jax.predict', description=__doc__.split(
-      '\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='workdir of a training run')
-  parser.add_argument('--input', required=True,
-                      help='folder of images, .npy, .npz, or tfds:NAME:SPLIT')
-  parser.add_argument('--output', required=True, help='CSV file to write')
-  parser.add_argument('--batch_size', type=int, default=None,
-                      help='images per batch over all devices (default: the run\'s eval batch)')
-  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
-  parser.add_argument('--num_devices', type=int, default=0, help='devices to use (0: all)')
-  parser.add_argument('--data_dir', default=None, help='tfds data dir for tfds:NAME:SPLIT')
-  args = parser.parse_args(argv)
+def parse_flags(argv, flag_values) -> list:
+
+  def define(fv):
+    flags.DEFINE_string('workdir', None, 'workdir of a training run', flag_values=fv)
+    flags.DEFINE_string('input', None, 'folder of images, .npy, .npz, or tfds:NAME:SPLIT',
+                        flag_values=fv)
+    flags.DEFINE_string('output', None, 'CSV file to write', flag_values=fv)
+    flags.DEFINE_integer('batch_size', None, 'images per batch over all devices (default: the '
+                         'run\'s eval batch)', flag_values=fv)
+    flags.DEFINE_integer('step', None, 'checkpoint step (default: latest)', flag_values=fv)
+    flags.DEFINE_integer('num_devices', 0, 'devices to use (0: all)', flag_values=fv)
+    flags.DEFINE_string('data_dir', None, 'tfds data dir for tfds:NAME:SPLIT', flag_values=fv)
+    for name in ('workdir', 'input', 'output'):
+      flags.mark_flag_as_required(name, flag_values=fv)
+
+  return cli.parse_flags(argv, flag_values, define)
+
+
+def predict(args, rest) -> None:
+  """The command: labels --input into the CSV --output (args: the parsed flags)."""
+  if rest:
+    raise UsageError(f'unexpected arguments {" ".join(rest)}: write flags as --NAME=VALUE')
   tmp = None
   try:
     out_dir = os.path.dirname(os.path.abspath(args.output))
@@ -246,21 +201,16 @@ def run(argv=None) -> int:
     os.replace(tmp, args.output)
     tmp = None
     print(f'labelled {count} inputs with the model of step {trained.step}: {args.output}')
-    return 0
-  except UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
   finally:
     if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
 
 
-def main():
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint dirs.
-  sys.exit(run())
+def run(argv) -> int:
+  """The command line on argv (without the program name), in-process; returns the exit code."""
+  return cli.run(predict, parse_flags, ['ohc_jax.predict', *argv])
 
 
 if __name__ == '__main__':
-  main()
+  # ERROR: not Orbax's notes on read-only checkpoint dirs.
+  cli.main(predict, parse_flags, absl_verbosity=logging.ERROR)

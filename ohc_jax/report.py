@@ -1,4 +1,4 @@
-r"""Every plot of a run, from its workdir: python -m ohc_jax.report WORKDIR
+r"""Every plot of a run, from its workdir: python -m ohc_jax.report WORKDIR (or --workdir=WORKDIR)
 
 Restores the latest usable checkpoint (or --step), evaluates it on the run's evaluation data (the
 data set is loaded as the run loaded it; --data_dir if it has moved) and writes the PNGs of
@@ -6,9 +6,11 @@ ohc_jax.plots into WORKDIR/plots/ (or --out). Works on finished and unfinished r
 such workdir, no checkpoint, data not found): one line, exit code 2.
 """
 
-import argparse
 import os
-import sys
+
+from ohc_jax import cli  # pylint: disable=g-bad-import-order  (first: quiet TensorFlow and XLA)
+
+from absl import flags, logging
 
 from ohc_jax.errors import UsageError
 
@@ -42,30 +44,33 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
                         seed=config.seed)
 
 
-def run(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m ohc_jax.report',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('workdir', help='workdir of a training run')
-  parser.add_argument('--out', default=None, help='folder for the PNGs (default WORKDIR/plots)')
-  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
-  parser.add_argument('--data_dir', default=None, help='tfds data dir, if not the run\'s')
-  args = parser.parse_args(argv)
-  try:
-    paths = make_report(args.workdir, out=args.out, step=args.step, data_dir=args.data_dir)
-  except UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  for path in paths:
+def parse_flags(argv, flag_values) -> list:
+
+  def define(fv):
+    flags.DEFINE_string('workdir', None, 'workdir of a training run (or give it as the argument)',
+                        flag_values=fv)
+    flags.DEFINE_string('out', None, 'folder for the PNGs (default WORKDIR/plots)', flag_values=fv)
+    flags.DEFINE_integer('step', None, 'checkpoint step (default: latest)', flag_values=fv)
+    flags.DEFINE_string('data_dir', None, 'tfds data dir, if not the run\'s', flag_values=fv)
+
+  return cli.parse_flags(argv, flag_values, define)
+
+
+def report(args, rest) -> None:
+  """The command: the plots of the run in WORKDIR or --workdir (args: the parsed flags)."""
+  workdirs = ([args.workdir] if args.workdir else []) + list(rest)
+  if len(workdirs) != 1:
+    raise UsageError(f'give one workdir, as the argument or --workdir, not '
+                     f'{" and ".join(workdirs) or "none"}: python -m ohc_jax.report WORKDIR')
+  for path in make_report(workdirs[0], out=args.out, step=args.step, data_dir=args.data_dir):
     print(path)
-  return 0
 
 
-def main():
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint dirs.
-  sys.exit(run())
+def run(argv) -> int:
+  """The command line on argv (without the program name), in-process; returns the exit code."""
+  return cli.run(report, parse_flags, ['ohc_jax.report', *argv])
 
 
 if __name__ == '__main__':
-  main()
+  # ERROR: not Orbax's notes on read-only checkpoint dirs.
+  cli.main(report, parse_flags, absl_verbosity=logging.ERROR)

@@ -18,11 +18,7 @@ from tqdm import tqdm
 
 from ohc_jax import (checkpoints, configuration, experiment, input_pipeline, interrupts,
                      logging_utils, metrics, probes, resume, sharding, timing)
-from ohc_jax.errors import UsageError
-
-
-class NonFiniteError(RuntimeError):
-  """Training produced a non-finite loss, cost or gradient."""
+from ohc_jax.errors import NonFiniteError, UsageError  # NonFiniteError: train.NonFiniteError too.
 
 
 def itstime(step: int, every: int, total: Optional[int] = None) -> bool:

@@ -7,10 +7,9 @@ import sys
 import pytest
 from absl import flags
 
-from ohc_jax import configuration, main
-from ohc_jax import resume
+from ohc_jax import cli, configuration, main, predict, report, resume
 from ohc_jax.configuration import CONFIG_DIR
-from ohc_jax.errors import UsageError
+from ohc_jax.errors import Interrupted, NonFiniteError, UsageError
 
 REPO = os.path.dirname(CONFIG_DIR)
 
@@ -142,3 +141,41 @@ def test_finished_workdir_is_kept(tmp_path):
   proc = run_main(f'--workdir={tmp_path}')
   assert_usage_error(proc, '--overwrite')
   assert (tmp_path / 'results.json').read_text() == '{"kept": true}'
+
+
+@pytest.mark.parametrize('error,code', [
+    (UsageError('bad x: give y'), 2), (NonFiniteError('non-finite loss at step 3'), 1),
+    (Interrupted(15, 7, '/w'), 143), (Interrupted(2, 7, '/w'), 130)])
+def test_the_wrapper_turns_errors_into_one_line_and_an_exit_code(error, code, capsys):
+  def tool(flag_values, args):
+    raise error
+  assert cli.run(tool, cli.parse_flags, ['ohc_jax.tool']) == code
+  err = capsys.readouterr().err.strip()
+  assert err == (f'error: {error}' if code < 128 else str(error))
+  assert '\n' not in err
+
+
+def test_flag_errors_of_every_tool_are_one_line(capsys):
+  for run, args, fragments in (
+      (predict.run, ['--workdir=w'], ('--input', '--output', 'ohc_jax.predict --helpfull')),
+      (predict.run, ['--workdir=w', '--input=i', '--output=o', '--batch_size=abc'],
+       ('--batch_size=abc',)),
+      (report.run, ['--nope'], ("'nope'", 'ohc_jax.report --helpfull')),
+      (report.run, [], ('give one workdir',)),
+      (report.run, ['--workdir=a', 'b'], ('not a and b',)),
+      (lambda argv: cli.run(main.train, main.parse_flags, ['main.py', *argv]), [],
+       ('--workdir is required',)),
+      (lambda argv: cli.run(main.train, main.parse_flags, ['main.py', *argv]),
+       ['--workdir=w', 'extra'], ('unexpected arguments extra',))):
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '\n' not in err, err
+    for fragment in fragments:
+      assert fragment in err, (fragment, err)
+
+
+def test_report_takes_the_workdir_as_argument_or_flag(tmp_path, capsys):
+  for args in ([str(tmp_path / 'missing')], [f'--workdir={tmp_path / "missing"}']):
+    assert report.run(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f'error: {tmp_path / "missing"} does not exist: name the workdir of a training run')

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from ohc_jax import configuration, input_pipeline, models, train
+from ohc_jax import configuration, input_pipeline, models, readers, train
 from ohc_jax.errors import UsageError
 
 
@@ -85,7 +85,8 @@ def test_image_folder(tmp_path):
 
 @pytest.mark.parametrize('overrides,message', [
     (dict(dataset='vectors:/nonexistent.npz'), 'no such .npz or .npy file'),
-    (dict(dataset='vectors:BAD'), 'holds arrays \\[\'features\'\\]; a vectors .npz needs x'),
+    (dict(dataset='vectors:BAD'), 'holds the arrays features; an array file holds x \\(inputs\\), '
+                                  'y \\(labels\\)'),
     (dict(dataset='vectors:NOLABELS'), 'needs its labels in'),
     (dict(dataset='folder:/nonexistent'), 'is not a folder'),
 ])
@@ -114,3 +115,49 @@ def test_bad_combinations(overrides, message):
 def test_imbalance_needs_one_cluster_per_class():
   with pytest.raises(UsageError, match='--config.num_clusters=10'):
     input_pipeline.load(_config(imbalance=1, num_clusters=12))
+
+
+def test_train_feed_gives_each_process_its_slice_of_the_permutation():
+  """The global batch of step s of an epoch is row s of the epoch's permutation, whatever the number
+  of processes and the step resumed from, and the inputs are the split's rows."""
+  n, batch = 103, 8
+  split = input_pipeline.Split(np.arange(2 * n, dtype=np.uint8).reshape(n, 2),
+                               np.arange(n, dtype=np.int64) * 10)
+  for seed, epoch, start in ((0, 1, 0), (3, 2, 4)):
+    perm = input_pipeline.epoch_permutation(n, seed, epoch)[:n // batch * batch].reshape(-1, batch)
+    for count in (1, 2, 4):
+      epochs = [list(input_pipeline.TrainFeed(split, batch, seed, i, count).epoch(epoch, start))
+                for i in range(count)]
+      assert all(len(e) == n // batch - start for e in epochs)
+      for step, global_rows in enumerate(perm[start:]):
+        labels = np.concatenate([e[step]['label'] for e in epochs])
+        images = np.concatenate([e[step]['image'] for e in epochs])
+        np.testing.assert_array_equal(labels, global_rows * 10)
+        np.testing.assert_array_equal(images, split.images[global_rows])
+        assert images.dtype == np.uint8 and labels.dtype == np.int64
+  unfinished = input_pipeline.TrainFeed(split, batch, 0).epoch(1)
+  next(unfinished)
+  unfinished.close()  # Leaving an epoch early (an interrupted run) stops the prefetching.
+
+
+def test_pad_rows_appends_zero_rows_and_marks_the_real_ones():
+  padded, real = input_pipeline.pad_rows(np.full((3, 2), 7, np.uint8), 5)
+  assert padded.dtype == np.uint8 and padded.shape == (5, 2)
+  np.testing.assert_array_equal(padded[:, 0], [7, 7, 7, 0, 0])
+  np.testing.assert_array_equal(real, [True, True, True, False, False])
+  full, real = input_pipeline.pad_rows(np.ones((5, 2)), 5)
+  assert full.shape == (5, 2) and real.all()
+
+
+def test_array_files_hold_x_y_and_ids(tmp_path):
+  np.savez(tmp_path / 'a.npz', x=np.zeros((3, 2)), y=np.arange(3), ids=np.array(['a', 'b', 'c']))
+  x, y, ids = readers.read_arrays(str(tmp_path / 'a.npz'), labels=True)
+  assert x.shape == (3, 2) and y.tolist() == [0, 1, 2] and ids.tolist() == ['a', 'b', 'c']
+  x, y, ids = readers.read_arrays(str(tmp_path / 'a.npz'), labels=False)
+  assert y is None and ids.tolist() == ['a', 'b', 'c']
+  np.savez(tmp_path / 'images.npz', images=np.zeros((3, 2)))
+  with pytest.raises(UsageError, match=r'holds the arrays images; an array file holds x \(inputs\)'):
+    readers.read_arrays(str(tmp_path / 'images.npz'), labels=False)
+  np.savez(tmp_path / 'unlabelled.npz', x=np.zeros((3, 2)))
+  with pytest.raises(UsageError, match=r'numpy.savez\(FILE, x=..., y=...\)'):
+    readers.read_arrays(str(tmp_path / 'unlabelled.npz'), labels=True)

@@ -35,7 +35,8 @@ def run(tmp_path_factory):
   (folder / 'sub').mkdir(parents=True)
   for i, image in enumerate(images):  # Sorted order of relative paths = row order.
     Image.fromarray(image[..., 0]).save(folder / ('sub' if i >= 40 else '') / f'{i:03d}.png')
-  np.savez(root / 'images.npz', images=images)
+  np.savez(root / 'images.npz', x=images, y=np.zeros(N))  # y: ignored.
+  np.savez(root / 'named.npz', x=images, ids=np.array([f'p{i}' for i in range(N)]))
   np.save(root / 'images.npy', images[..., 0])  # (N, 8, 8): the channel axis may be left out.
   trained = load_trained(str(workdir))
   split = input_pipeline.Split(images, np.zeros(N, np.int64))
@@ -67,6 +68,12 @@ def test_npz_and_npy_give_the_labels_of_the_evaluation_pass(run, tmp_path):
     rows = _read(out)
     assert [r['id'] for r in rows] == [str(i) for i in range(N)]
     _check(rows, run)
+  out = tmp_path / 'named.csv'
+  assert predict.run([f'--workdir={run["workdir"]}', f'--input={run["root"] / "named.npz"}',
+                      f'--output={out}']) == 0
+  rows = _read(out)
+  assert [r['id'] for r in rows] == [f'p{i}' for i in range(N)]
+  _check(rows, run)
 
 
 def test_folder_of_images_on_the_command_line(run, tmp_path):
@@ -102,7 +109,7 @@ def test_bad_workdirs(run, tmp_path, capsys):
 
 def test_bad_inputs_name_the_first_bad_file_and_the_expected_shape(run, tmp_path, capsys):
   workdir = f'--workdir={run["workdir"]}'
-  np.savez(tmp_path / 'wrong.npz', images=np.zeros((4, 9, 9, 1), np.uint8))
+  np.savez(tmp_path / 'wrong.npz', x=np.zeros((4, 9, 9, 1), np.uint8))
   err = _bad([workdir, f'--input={tmp_path / "wrong.npz"}'], tmp_path, capsys)
   assert '(4, 9, 9, 1)' in err and '(8, 8, 1)' in err
   (tmp_path / 'garbage.npy').write_bytes(b'not numpy')
@@ -118,6 +125,12 @@ def test_bad_inputs_name_the_first_bad_file_and_the_expected_shape(run, tmp_path
   (folder / 'b.png').unlink()
   err = _bad([workdir, f'--input={folder}'], tmp_path, capsys)
   assert 'c.png' in err and '(9, 9, 1)' in err and '(8, 8, 1)' in err
+  np.savez(tmp_path / 'images.npz', images=np.zeros((4, 8, 8, 1), np.uint8))
+  err = _bad([workdir, f'--input={tmp_path / "images.npz"}'], tmp_path, capsys)
+  assert 'holds the arrays images' in err and 'x (inputs)' in err
+  np.savez(tmp_path / 'ids.npz', x=np.zeros((4, 8, 8, 1), np.uint8), ids=np.arange(3))
+  err = _bad([workdir, f'--input={tmp_path / "ids.npz"}'], tmp_path, capsys)
+  assert 'ids has 3 entries for 4 inputs' in err
   err = _bad([workdir, f'--input={tmp_path / "missing.npz"}'], tmp_path, capsys)
   assert 'does not exist' in err
   nan = np.full((4, 8, 8, 1), np.nan, np.float32)
@@ -138,3 +151,24 @@ def test_bad_input_on_the_command_line_exits_2_with_one_line(run, tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
   assert '(8, 8, 1)' in proc.stderr
   assert sorted(os.listdir(tmp_path)) == ['wrong.npy']
+
+
+def test_training_and_labelling_in_memory_data_load_no_tensorflow(run, tmp_path):
+  """TensorFlow is for tfds data: a digits run and labelling a .npz and a folder do without it."""
+  workdir, npz, folder = str(run['workdir']), str(run['root'] / 'images.npz'), str(run['folder'])
+  script = f"""
+import sys
+from ohc_jax import configuration, predict, train
+c = configuration.from_file(configuration.config_path('default'))
+c.update(num_epochs=1, max_examples=512, progress_bar=False, plots_every_epochs=0)
+train.train_and_evaluate(c, {str(tmp_path / 'run')!r})
+for source in ({npz!r}, {folder!r}):
+  assert predict.run(['--workdir=' + {workdir!r}, '--input=' + source,
+                      '--output=' + {str(tmp_path / 'labels.csv')!r}]) == 0
+print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')))
+"""
+  proc = subprocess.run([sys.executable, '-c', script], cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == '[]'

@@ -1,0 +1,113 @@
+"""The one reader of inputs, for training (input_pipeline) and labelling (predict) alike:
+
+- array files: a .npz holds `x` (the inputs, one row each), `y` (their labels; for training) and
+  optionally `ids` (row names); a .npy holds x alone, its labels in FILE_labels.npy beside it;
+- image folders: .png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff files, searched recursively and
+  taken in the sorted order of their paths relative to the folder, decoded by Pillow;
+- tfds data sets: splits read in order into one array (TensorFlow is loaded here and only here).
+
+Bad input raises a one-line UsageError naming the file and the fix.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ohc_jax.errors import UsageError
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+ARRAY_CONVENTION = 'x (inputs), y (labels) and optionally ids (row names)'
+
+
+def _first_line(e: Exception) -> str:
+  return f'{type(e).__name__}: {str(e).splitlines()[0]}' if str(e) else type(e).__name__
+
+
+def _load(path: str):
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise UsageError(f'cannot read {path} as {"a .npz" if path.endswith(".npz") else "an .npy"} '
+                     f'file ({_first_line(e)}): write it with numpy.save or numpy.savez') from None
+
+
+def read_arrays(path: str, labels: bool) -> tuple[np.ndarray, Optional[np.ndarray],
+                                                  Optional[np.ndarray]]:
+  """(x, y, ids) of a .npz or .npy file; y is read only when `labels`, ids may be None."""
+  loaded = _load(path)
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    if not labels:
+      return loaded, None, None
+    labels_path = path[:-4] + '_labels.npy'
+    if not os.path.isfile(labels_path):
+      raise UsageError(f'{path} needs its labels in {labels_path} (or give a .npz holding '
+                       f'{ARRAY_CONVENTION})')
+    return loaded, _load(labels_path), None
+  with loaded:
+    needed = ('x', 'y') if labels else ('x',)
+    if not set(needed) <= set(loaded.files):
+      raise UsageError(f'{path} holds the arrays {", ".join(sorted(loaded.files)) or "none"}; an '
+                       f'array file holds {ARRAY_CONVENTION}: save it with numpy.savez(FILE, '
+                       f'{", ".join(f"{k}=..." for k in needed)})')
+    try:
+      return (loaded['x'], loaded['y'] if labels else None,
+              loaded['ids'] if 'ids' in loaded.files else None)
+    except (OSError, ValueError, EOFError) as e:
+      raise UsageError(f'cannot read the arrays of {path} ({_first_line(e)})') from None
+
+
+def image_files(folder: str) -> list[str]:
+  """The image files under folder (recursively), sorted by their path relative to it."""
+  files = []
+  for root, _, names in os.walk(folder):
+    files += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+  return sorted(files, key=lambda p: os.path.relpath(p, folder))
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+  """An image as a (height, width, channels) uint8 array: grey for 1 channel, else RGB."""
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as image:
+      array = np.asarray(image.convert('L' if channels == 1 else 'RGB'))
+  except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    raise UsageError(f'cannot read the image {path} ({_first_line(e)}): fix or remove it') from None
+  return array[..., None] if array.ndim == 2 else array
+
+
+def read_tfds(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
+              label_key: Optional[str] = None, download: bool = False):
+  """(images, labels or None, rows per split, tfds DatasetInfo) of the splits of a tfds data set,
+  in order, decoded into one array allocated once. `fix` says how to point at the data."""
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')  # Data only: JAX keeps the accelerators.
+  import tensorflow_datasets as tfds
+  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    datasets = [tfds.load(name, split=split, data_dir=data_dir, download=download)
+                for split in splits]
+    sizes = [int(ds.cardinality()) for ds in datasets]  # tfds records each split's size.
+    keys = ('image', label_key) if label_key else ('image',)
+    images = labels = None
+    row = 0
+    for ds in datasets:
+      for batch in tfds.as_numpy(ds.map(lambda e: {k: e[k] for k in keys}).batch(8192)):
+        if images is None:
+          images = np.empty((sum(sizes),) + batch['image'].shape[1:], batch['image'].dtype)
+          labels = np.empty(sum(sizes), np.int64) if label_key else None
+        n = len(batch['image'])
+        images[row:row + n] = batch['image']
+        if label_key:
+          labels[row:row + n] = batch[label_key]
+        row += n
+  except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
+    raise UsageError(f'data set {name!r} is not prepared under {data_dir or "~/tensorflow_datasets"}'
+                     f': {fix} ({type(e).__name__})') from None
+  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
+    raise UsageError(f'cannot load {name}:{",".join(splits)} from tfds ({_first_line(e)}): '
+                     f'{fix}') from None
+  if images is None:
+    raise UsageError(f'{name}:{",".join(splits)} holds no examples: {fix}')
+  return images, labels, sizes, builder.info
