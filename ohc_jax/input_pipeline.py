@@ -89,11 +89,10 @@ def _load_tfds(name: str, config) -> _Loaded:
       name, ('train', 'test'), config.data_dir, label_key='label', download=config.download,
       fix='point --config.data_dir (or TFDS_DATA_DIR) at a tfds data dir that holds it, or pass '
           '--config.download=True')
-  label = info.features['label']
   colour = images.ndim == 4 and images.shape[-1] == 3
   scale, offset = (1 / 127.5, -1.0) if colour else (1 / 255, 0.0)
-  names = tuple(label.names) if hasattr(label, 'names') else ()
-  return _Loaded(Split(images, labels), sizes[0], label.num_classes, scale, offset, names)
+  return _Loaded(Split(images, labels), sizes[0], info['num_classes'], scale, offset,
+                 tuple(info['names']))
 
 
 def _load_realdisp(config) -> _Loaded:

@@ -4,7 +4,8 @@
   optionally `ids` (row names); a .npy holds x alone, its labels in FILE_labels.npy beside it;
 - image folders: .png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff files, searched recursively and
   taken in the sorted order of their paths relative to the folder, decoded by Pillow;
-- tfds data sets: splits read in order into one array (TensorFlow is loaded here and only here).
+- tfds data sets: splits read in order into one array, decoded once in a child process and
+  cached (tfds_cache.py: TensorFlow is loaded there and only there).
 
 Bad input raises a one-line UsageError naming the file and the fix.
 """
@@ -78,36 +79,8 @@ def read_image(path: str, channels: int) -> np.ndarray:
 
 def read_tfds(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
               label_key: Optional[str] = None, download: bool = False):
-  """(images, labels or None, rows per split, tfds DatasetInfo) of the splits of a tfds data set,
-  in order, decoded into one array allocated once. `fix` says how to point at the data."""
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')  # Data only: JAX keeps the accelerators.
-  import tensorflow_datasets as tfds
-  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR')
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    datasets = [tfds.load(name, split=split, data_dir=data_dir, download=download)
-                for split in splits]
-    sizes = [int(ds.cardinality()) for ds in datasets]  # tfds records each split's size.
-    keys = ('image', label_key) if label_key else ('image',)
-    images = labels = None
-    row = 0
-    for ds in datasets:
-      for batch in tfds.as_numpy(ds.map(lambda e: {k: e[k] for k in keys}).batch(8192)):
-        if images is None:
-          images = np.empty((sum(sizes),) + batch['image'].shape[1:], batch['image'].dtype)
-          labels = np.empty(sum(sizes), np.int64) if label_key else None
-        n = len(batch['image'])
-        images[row:row + n] = batch['image']
-        if label_key:
-          labels[row:row + n] = batch[label_key]
-        row += n
-  except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
-    raise UsageError(f'data set {name!r} is not prepared under {data_dir or "~/tensorflow_datasets"}'
-                     f': {fix} ({type(e).__name__})') from None
-  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
-    raise UsageError(f'cannot load {name}:{",".join(splits)} from tfds ({_first_line(e)}): '
-                     f'{fix}') from None
-  if images is None:
-    raise UsageError(f'{name}:{",".join(splits)} holds no examples: {fix}')
-  return images, labels, sizes, builder.info
+  """(images, labels or None, rows per split, {'num_classes', 'names'}) of the splits of a tfds
+  data set, in order, in one array: decoded once and cached (tfds_cache), read-only."""
+  from ohc_jax import tfds_cache
+  images, labels, info = tfds_cache.load(name, splits, data_dir, fix, label_key, download)
+  return images, labels, info['sizes'], info

@@ -139,12 +139,14 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         run.bar.update(done)
         ckpt.poll()
         if itstime(done, config.log_every_steps):
+          jax.block_until_ready(state)  # Steps dispatched ahead count as the steps' time.
           with clock('log'):
             _raise_if_bad(state)
             run.writer.write_step(done, run.bar.scalars(pos.epoch, done, step_metrics))
         signum = stop.agreed() if (jax.process_count() == 1 or itstime(done, spe) or
                                    itstime(done, config.log_every_steps)) else None
         if itstime(done, spe):
+          jax.block_until_ready(state)
           with clock('evaluate'):
             state, record, out = _evaluate_epoch(exp, state, data, pos, float(loss_sum) / spe,
                                                  run.bar.epoch_images_per_s(done))
@@ -155,6 +157,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
             run.writer.write_epoch(record)
             run.outputs.submit(pos, state, record, out)
         elif signum or itstime(done, config.checkpoint_every_steps):
+          jax.block_until_ready(state)
           with clock('checkpoint'):
             _raise_if_bad(state)  # Never save a state past a non-finite step.
             pos.loss_sum = float(loss_sum)

@@ -1,0 +1,80 @@
+"""tfds splits decoded once in a child process and memory-mapped from the cache afterwards: the
+same arrays as decoding in-process, TensorFlow never in the reading process, a re-prepared data set
+decoded again, one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ohc_jax import tfds_cache
+from ohc_jax.errors import UsageError
+
+pytestmark = pytest.mark.slow  # Starts processes that import TensorFlow.
+
+_PREPARE = '''
+import sys, numpy as np, tensorflow as tf, tensorflow_datasets as tfds
+rng = np.random.default_rng(int(sys.argv[2]))
+def split(n):
+  return tf.data.Dataset.from_tensor_slices({'image': rng.integers(0, 256, (n, 8, 8, 3), np.uint8),
+                                             'label': rng.integers(0, 3, n)})
+tfds.dataset_builders.TfDataBuilder(
+    name='tiny_images', version='1.0.0', split_datasets={'train': split(40), 'test': split(24)},
+    features=tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
+                                         'label': tfds.features.ClassLabel(names=['a', 'b', 'c'])}),
+    data_dir=sys.argv[1]).download_and_prepare()
+'''
+
+_READ = '''
+import json, sys
+from ohc_jax import tfds_cache
+x, y, info = tfds_cache.load('tiny_images', ['train', 'test'], sys.argv[1], 'fix', 'label')
+print(json.dumps({'x': x.tolist(), 'y': y.tolist(), 'info': info, 'memmap': type(x).__name__,
+                  'writeable': bool(x.flags.writeable),
+                  'tf': sorted(m for m in sys.modules if m.startswith('tensorflow'))[:3]}))
+'''
+
+
+def _run(code, *args, env):
+  out = subprocess.run([sys.executable, '-c', code, *map(str, args)], env=env, capture_output=True,
+                       text=True, check=True)
+  return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ''
+
+
+def test_decoded_once_cached_and_equal_to_decoding_in_process(tmp_path):
+  env = dict(os.environ, OHC_JAX_CACHE=str(tmp_path / 'cache'))
+  data = tmp_path / 'data'
+  _run(_PREPARE, data, 0, env=env)
+  first = json.loads(_run(_READ, data, env=env))
+  entries = os.listdir(tmp_path / 'cache' / 'tfds')
+  assert len(entries) == 1 and first['tf'] == [] and first['memmap'] == 'memmap'
+  assert not first['writeable']
+  assert first['info'] == {'sizes': [40, 24], 'num_classes': 3, 'names': ['a', 'b', 'c']}
+  images = np.load(tmp_path / 'cache' / 'tfds' / entries[0] / 'images.npy')
+  os.utime(tmp_path / 'cache' / 'tfds' / entries[0] / 'info.json')
+  assert json.loads(_run(_READ, data, env=env)) == first  # From the cache: no child, no TF.
+  # In a process with tfds loaded: decoded there, the same arrays (train, then test).
+  import tensorflow_datasets  # pylint: disable=unused-import,import-outside-toplevel
+  x, y, info = tfds_cache.load('tiny_images', ['train', 'test'], str(data), 'fix', 'label')
+  np.testing.assert_array_equal(x, images)
+  assert y.tolist() == first['y'] and info == first['info']
+  train, _, _ = tfds_cache.load('tiny_images', ['train'], str(data), 'fix', 'label')
+  np.testing.assert_array_equal(train, x[:40])
+  # Prepared again with other images: a new key, decoded again.
+  shutil.rmtree(data / 'tiny_images')
+  _run(_PREPARE.replace("'train': split(40)", "'train': split(41)"), data, 1, env=env)
+  second = json.loads(_run(_READ, data, env=env))
+  assert second['info']['sizes'] == [41, 24] and second['x'] != first['x']
+  assert len(os.listdir(tmp_path / 'cache' / 'tfds')) == 2
+
+
+def test_missing_data_set_and_feature_are_one_line_errors(tmp_path, monkeypatch):
+  monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.delitem(sys.modules, 'tensorflow_datasets', raising=False)  # Through the child.
+  with pytest.raises(UsageError, match=r"^cannot load nothere:train from tfds .*: point at it$"):
+    tfds_cache.load('nothere', ['train'], str(tmp_path), 'point at it', 'label')
+  assert not (tmp_path / 'cache' / 'tfds').exists() or not os.listdir(tmp_path / 'cache' / 'tfds')
