@@ -71,14 +71,13 @@ class Experiment:
     centroids = jax.device_put(z[:self.config.num_clusters], sharding.replicated(self.mesh))
     return state.replace(params={**state.params, 'centroids': centroids})
 
-  def end_of_epoch(self, state: TrainState, outputs: dict, labels: np.ndarray,
-                   prior: Optional[np.ndarray]) -> TrainState:
-    """The updates an epoch's evaluation makes: the prior re-matched to the clusters (imbalanced
-    data; in the costs from the next epoch on) and, with covariance 'estimated', the precisions
-    re-estimated from the encodings and clusters."""
-    config, rep = self.config, sharding.replicated(self.mesh)
+  def end_of_epoch(self, state: TrainState, evaluation, prior: Optional[np.ndarray]) -> TrainState:
+    """The updates an epoch's evaluation (train.Evaluation) makes: the prior re-matched to the
+    clusters (imbalanced data; in the costs from the next epoch on) and, with covariance
+    'estimated', the precisions re-estimated from the encodings and clusters kept."""
+    config, rep, outputs = self.config, sharding.replicated(self.mesh), evaluation.outputs
     if prior is not None:
-      log_prior = imbalance.matched_log_prior(prior, outputs['cluster'], labels,
+      log_prior = imbalance.matched_log_prior(prior, evaluation.accumulator.table,
                                               config.prior_matching)
       state = state.replace(log_prior=jax.device_put(log_prior, rep))
     if config.covariance == 'estimated':

@@ -31,23 +31,24 @@ def subsample(labels: np.ndarray, probabilities: np.ndarray, seed: int) -> np.nd
   return np.flatnonzero(draws < probabilities[labels])
 
 
-def matched_log_prior(prior: np.ndarray, clusters: np.ndarray, labels, how: str) -> np.ndarray:
+def matched_log_prior(prior: np.ndarray, table: np.ndarray, how: str) -> np.ndarray:
   """log(K prior_k) per cluster, the prior's entries matched to clusters.
 
   'identity': cluster k gets entry k, whatever the clusters hold; this is what the reference's code
   does (its translation dict's keys are the classes in order, so it indexes the prior by 0..K-1).
   'size' (label-free): the largest cluster gets the largest entry, the second largest the second,
   and so on. 'hungarian': cluster k gets the entry of the class the Hungarian matching gives it,
-  which peeks at the labels (what the reference's translation dict appears meant for).
+  which peeks at the labels (what the reference's translation dict appears meant for). `table`:
+  the evaluation's (clusters x classes) contingency table (metrics.contingency).
   """
   num_clusters = len(prior)
   if how == 'identity':
     matched = np.asarray(prior, np.float64)
   elif how == 'hungarian':
-    to_class = metrics.hungarian_map(labels, clusters, num_clusters)
+    to_class = metrics.table_hungarian_map(table)
     matched = prior[np.where(to_class >= 0, to_class, np.arange(num_clusters)) % len(prior)]
   else:
-    sizes = np.bincount(clusters, minlength=num_clusters)
+    sizes = table.sum(1)
     matched = np.empty(num_clusters)
     matched[np.argsort(-sizes, kind='stable')] = np.sort(prior)[::-1]
   matched = matched / matched.sum()

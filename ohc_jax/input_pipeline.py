@@ -242,13 +242,26 @@ def pad_rows(array: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
   return array, real
 
 
-def eval_batches(split: Split, global_batch: int, process_index: int = 0,
+def read_rows(split, rows: np.ndarray) -> dict:
+  """{'image', 'label'} of some rows of a Split or a streaming source."""
+  if isinstance(split, Split):
+    return {'image': np.asarray(split.images[rows]), 'label': split.labels[rows]}
+  return split.read(rows)
+
+
+def eval_batches(split, global_batch: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[tuple[dict, int]]:
-  """The whole split in order, in global batches (the last padded): yields (this process's rows of
-  the batch with 'valid' marking the real ones, number of real points in the global batch)."""
+  """The whole split (a Split, or a streaming source) in order, in global batches (the last
+  padded): yields (this process's rows of the batch, {'image', 'label', 'valid'} with 'valid'
+  marking the real ones, number of real points in the global batch)."""
+  if not isinstance(split, Split):
+    from ohc_jax import streaming
+    yield from streaming.eval_batches(split, global_batch, process_index, process_count)
+    return
   local = global_batch // process_count
   for start in range(0, len(split), global_batch):
     valid = min(global_batch, len(split) - start)
     lo = start + process_index * local
-    images, real = pad_rows(split.images[lo:min(lo + local, start + valid)], local)
-    yield {'image': images, 'valid': real}, valid
+    rows = slice(lo, min(lo + local, start + valid))
+    images, real = pad_rows(split.images[rows], local)
+    yield {'image': images, 'label': pad_rows(split.labels[rows], local)[0], 'valid': real}, valid

@@ -19,9 +19,13 @@ def contingency(labels: np.ndarray, clusters: np.ndarray, num_clusters: int) -> 
 
 def hungarian_map(labels: np.ndarray, clusters: np.ndarray, num_clusters: int) -> np.ndarray:
   """cluster -> class, the one-to-one matching with the most agreeing points (-1: unmatched)."""
-  table = contingency(labels, clusters, num_clusters)
+  return table_hungarian_map(contingency(labels, clusters, num_clusters))
+
+
+def table_hungarian_map(table: np.ndarray) -> np.ndarray:
+  """hungarian_map from the (clusters x classes) contingency table."""
   rows, cols = linear_sum_assignment(table, maximize=True)
-  mapping = np.full(num_clusters, -1, np.int64)
+  mapping = np.full(len(table), -1, np.int64)
   mapping[rows] = cols
   return mapping
 

@@ -59,20 +59,42 @@ class Position:
             'offset': spec.offset, 'config': resume.jsonable_config(exp.config)}
 
 
-def evaluate(eval_step, state, split, config, mesh) -> dict:
+@dataclasses.dataclass
+class Evaluation:
+  """One pass over an evaluation split: the metrics' accumulator (contingency table and soft sizes,
+  which do not grow with the split) and the eval step's outputs with each point's label for the
+  rows kept (`sample`; all by default), for probes, plots and re-estimating covariances."""
+  accumulator: metrics.Accumulator
+  outputs: dict
+
+
+def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray] = None):
   """Point-wise argmin labels over a split (combination assignment batch by batch with
-  config.constrained_eval), gathered to every process as NumPy arrays."""
-  outputs = []
+  config.constrained_eval), batch by batch; the outputs kept (rows `sample`, sorted, or all) are
+  gathered to every process as NumPy arrays."""
+  acc, kept, start = metrics.Accumulator(config.num_clusters), [], 0
   for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
                                                   jax.process_index(), jax.process_count()):
-    outputs.append((eval_step(state, sharding.to_global(batch, mesh)), valid))
-  gathered = [(multihost_utils.process_allgather(out, tiled=True), valid)
-              for out, valid in outputs]
-  outputs = {key: np.concatenate([out[key][:valid] for out, valid in gathered])
-             for key in gathered[0][0]}
-  if 'constrained' in outputs:
-    outputs['cluster'] = outputs.pop('constrained')
-  return outputs
+    labels = batch.pop('label')
+    out = eval_step(state, sharding.to_global(batch, mesh))
+    out = multihost_utils.process_allgather({**out, 'label': labels}, tiled=True)
+    if 'constrained' in out:
+      out['cluster'] = out.pop('constrained')
+    acc.add(out['label'], out['cluster'], out['soft'], valid)
+    rows = (np.arange(valid) if sample is None else
+            sample[(sample >= start) & (sample < start + valid)] - start)
+    kept.append({key: value[rows] for key, value in out.items()})
+    start += valid
+  return Evaluation(acc, {key: np.concatenate([k[key] for k in kept]) for key in kept[0]})
+
+
+def eval_sample(config, n: int) -> Optional[np.ndarray]:
+  """The evaluation rows whose outputs are kept (config.eval_sample of the n, seeded, sorted), or
+  None for all of them."""
+  if not config.eval_sample or config.eval_sample >= n:
+    return None
+  return np.sort(np.random.default_rng([config.seed, 11]).choice(n, config.eval_sample,
+                                                                 replace=False))
 
 
 def _raise_if_bad(state) -> None:
@@ -222,18 +244,17 @@ def _evaluate_epoch(exp, state, data, pos, train_loss, images_per_s):
   (with probes when due) and the cluster -> class map; returns (state, record, outputs)."""
   config = exp.config
   _raise_if_bad(state)
-  out = evaluate(exp.eval_step, state, data.eval, config, exp.mesh)
-  state = exp.end_of_epoch(state, out, data.eval.labels, data.prior)
+  evaluation = evaluate(exp.eval_step, state, data.eval, config, exp.mesh,
+                        eval_sample(config, len(data.eval)))
+  state = exp.end_of_epoch(state, evaluation, data.prior)
   prior = np.exp(np.asarray(state.log_prior, np.float64))
+  out, acc = evaluation.outputs, evaluation.accumulator
   record = {'epoch': pos.epoch, 'step': int(state.step), 'train_loss': train_loss,
-            'train_images_per_s': images_per_s,
-            **metrics.clustering_metrics(data.eval.labels, out['cluster'], out['soft'].sum(0),
-                                         prior / prior.sum())}
+            'train_images_per_s': images_per_s, **acc.result(prior / prior.sum())}
   if itstime(pos.epoch, config.probe_every, config.num_epochs):
-    record.update(probes.probe_accuracies(out['z'], data.eval.labels, config.seed))
+    record.update(probes.probe_accuracies(out['z'], out['label'], config.seed))
   pos.history.append(record)
-  pos.cluster_to_class = metrics.hungarian_map(data.eval.labels, out['cluster'],
-                                               config.num_clusters).tolist()
+  pos.cluster_to_class = metrics.table_hungarian_map(acc.table).tolist()
   pos.cluster_to_class_step = record['step']
   return state, record, out
 
@@ -353,8 +374,12 @@ class _EpochOutputs:
     if itstime(pos.epoch, config.plots_every_epochs, config.num_epochs):
       prior = np.exp(np.asarray(jax.device_get(state.log_prior), np.float64))
       centroids = np.asarray(jax.device_get(state.params['centroids']))
+      sample = eval_sample(config, len(self._data.eval))
+      images = (self._data.eval.images if sample is None else
+                input_pipeline.read_rows(self._data.eval, sample)['image'])
       self._jobs.append(self._pool.submit(_make_plots, self._workdir, config, list(pos.history),
-                                          outputs, self._data, prior / prior.sum(), centroids))
+                                          outputs, images, self._data.class_names,
+                                          prior / prior.sum(), centroids))
 
   def close(self) -> None:
     if self._pool is not None:
@@ -382,14 +407,15 @@ def _write_cluster_map(workdir: str, pos, data) -> None:
   os.replace(os.path.join(workdir, 'cluster_map.json.tmp'), os.path.join(workdir, 'cluster_map.json'))
 
 
-def _make_plots(workdir: str, config, history, outputs, data, prior, centroids) -> None:
-  """The PNGs of ohc_jax.plots; a failure only warns (python -m ohc_jax.report redoes them)."""
+def _make_plots(workdir: str, config, history, outputs, images, class_names, prior,
+                centroids) -> None:
+  """The PNGs of ohc_jax.plots from the evaluation's outputs kept and their images; a failure
+  only warns (python -m ohc_jax.report redoes them)."""
   from ohc_jax import plots
   try:
     plots.make_all(os.path.join(workdir, 'plots'), history=history, prior=prior, outputs=outputs,
-                   labels=data.eval.labels, images=data.eval.images,
-                   num_clusters=config.num_clusters, class_names=data.class_names,
-                   centroids=centroids, seed=config.seed)
+                   labels=outputs['label'], images=images, num_clusters=config.num_clusters,
+                   class_names=class_names, centroids=centroids, seed=config.seed)
   except Exception as e:  # pylint: disable=broad-except
     print(f'warning: plots failed ({type(e).__name__}: {e}); python -m ohc_jax.report '
           f'{workdir} makes them', file=sys.stderr)

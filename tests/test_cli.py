@@ -73,6 +73,7 @@ INVALID = {
     'keep_checkpoints': ['0'],
     'plots_every_epochs': ['-1'],
     'profile_steps': ['-1', 'x'],
+    'eval_sample': ['-1'],
 }
 
 

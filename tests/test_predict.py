@@ -40,7 +40,8 @@ def run(tmp_path_factory):
   np.save(root / 'images.npy', images[..., 0])  # (N, 8, 8): the channel axis may be left out.
   trained = load_trained(str(workdir))
   split = input_pipeline.Split(images, np.zeros(N, np.int64))
-  reference = train.evaluate(trained.eval_step, trained.state, split, trained.config, trained.mesh)
+  reference = train.evaluate(trained.eval_step, trained.state, split, trained.config,
+                             trained.mesh).outputs
   return {'workdir': workdir, 'root': root, 'folder': folder, 'reference': reference,
           'map': json.loads((workdir / 'cluster_map.json').read_text())}
 
