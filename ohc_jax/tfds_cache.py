@@ -135,8 +135,8 @@ def _decode(name, splits, data_dir, fix, label_key, download, image_key, image_s
   except UsageError:
     raise
   except tfds.core.registered.DatasetNotFoundError:
-    raise UsageError(f'tfds has no data set {name!r}: give --config.dataset=tfds:NAME with a NAME '
-                     f'of the tfds catalog (https://www.tensorflow.org/datasets/catalog)') from None
+    raise UsageError(f'tfds has no data set {name!r}: use a name of the tfds catalog '
+                     f'(https://www.tensorflow.org/datasets/catalog)') from None
   except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
     raise UsageError(f'data set {name!r} is not prepared under {data_dir}: {fix} '
                      f'({type(e).__name__})') from None
@@ -174,7 +174,7 @@ def _decode(name, splits, data_dir, fix, label_key, download, image_key, image_s
     ds = ds.concatenate(more)
   pick = lambda e: {k: _resize(e[k], image_size) if k == image_key and image_size else e[k]
                     for k in keys}  # Image by image, in tf.data: memory holds a batch.
-  for batch in tfds.as_numpy(ds.map(pick).batch(4096)):
+  for batch in tfds.as_numpy(ds.map(pick, tf.data.AUTOTUNE).batch(4096)):  # In order.
     x = batch[image_key]
     if images is None:  # Filled in place: the data is never held twice.
       shape = (count,) + x.shape[1:]
