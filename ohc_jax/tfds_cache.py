@@ -2,10 +2,10 @@
 
 A split is decoded in a child process (`python -m ohc_jax.tfds_cache`), so TensorFlow never enters
 the training process: it would add about 0.6 GB to its memory and seconds to its start. The cache
-is keyed by the data set, split, feature keys and image size and by the prepared files (names,
-sizes, times) and tfds's version: re-preparing a data set or upgrading tfds decodes it again. Its location is
-$OHC_JAX_CACHE, else ~/.cache/ohc_jax; deleting it is always safe. Writes are atomic (a temporary
-directory renamed), so concurrent processes and killed runs leave no partial entry.
+is keyed by the data set, splits, feature keys and image size and by the prepared files (names,
+sizes, times) and tfds's version: re-preparing a data set or upgrading tfds decodes it again. Its
+location is $OHC_JAX_CACHE, else ~/.cache/ohc_jax; deleting it is always safe. Writes are atomic (a
+temporary directory renamed), so concurrent processes and killed runs leave no partial entry.
 """
 
 import hashlib

@@ -56,9 +56,9 @@ _TINY_CIFAR10 = '''
 import sys, numpy as np, tensorflow as tf, tensorflow_datasets as tfds
 rng = np.random.default_rng(0)
 def split(n):  # The features of tfds's cifar10, which reads the files.
-  return tf.data.Dataset.from_tensor_slices({'id': [str(i) for i in range(n)],
-                                             'image': rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-                                             'label': rng.integers(0, 10, n)})
+  return tf.data.Dataset.from_tensor_slices({
+      'id': [str(i) for i in range(n)], 'image': rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+      'label': rng.integers(0, 10, n)})
 tfds.dataset_builders.TfDataBuilder(
     name='cifar10', version='3.0.2', split_datasets={'train': split(320), 'test': split(64)},
     features=tfds.features.FeaturesDict({'id': tfds.features.Text(),
