@@ -5,13 +5,19 @@ r"""Benchmarks that print and save (JSON) their figures.
       [--assign_batch_sizes=256,1024,4096 --assign_num_clusters=10,100,1000]
       [--table_config=configs/cifar10.py --config_data_dir=../shared/data/tfds --table_epochs=3]
   python -m ohc_jax.benchmark --suite=scaling  # train-step images/s on 1, 2, 4, 8 devices
+  python -m ohc_jax.benchmark --suite=input    # the train step fed from memory vs streamed
+      [--data_dir=../shared/data/tfds --stream_dir=/tmp/tfds_ar/cifar10/3.0.2
+       --synthetic_dir=/tmp/tfds_ar/synthetic/1.0.0]  (launch/to_array_record.py and
+       launch/make_synthetic_images.py write the last two)
 """
 
 import functools
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -21,7 +27,8 @@ from absl import flags
 
 from ohc_jax.errors import UsageError
 
-_SUITE = flags.DEFINE_enum('suite', 'train', ['train', 'assign', 'scaling'], 'What to measure.')
+_SUITE = flags.DEFINE_enum('suite', 'train', ['train', 'assign', 'scaling', 'input'],
+                           'What to measure.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the figures (default: '
                            'benchmarks/<suite>-<platform>.json).')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Global batch for the train and scaling suites.')
@@ -39,6 +46,14 @@ _TABLE_CONFIG = flags.DEFINE_string(
 _TABLE_DATA_DIR = flags.DEFINE_string('config_data_dir', None, 'data_dir for --table_config.')
 _TABLE_EPOCHS = flags.DEFINE_integer('table_epochs', 3, 'Epochs of that run; its tables are taken '
                                      'at initialisation, in epoch 1 and in the last epoch.')
+_DATA_DIR = flags.DEFINE_string('data_dir', '../shared/data/tfds', '--suite=input: the tfds data '
+                                'dir holding cifar10 (memory mode).')
+_STREAM_DIR = flags.DEFINE_string('stream_dir', '/tmp/tfds_ar/cifar10/3.0.2', '--suite=input: '
+                                  'CIFAR-10 in ArrayRecord (launch/to_array_record.py).')
+_SYNTHETIC_DIR = flags.DEFINE_string('synthetic_dir', '/tmp/tfds_ar/synthetic/1.0.0',
+                                     '--suite=input: the synthetic 1.2M-image set in ArrayRecord '
+                                     '(launch/make_synthetic_images.py); empty: left out.')
+_WARMUP = flags.DEFINE_integer('warmup', 10, '--suite=input: untimed steps before the timed ones.')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts for --suite=scaling '
                              '(simulated on the CPU).')
 
@@ -247,6 +262,107 @@ def suite_scaling() -> dict:
   return {'batch_size': _BATCH.value, 'rows': rows}
 
 
+def _input_feed(mode: str, where: str, batch_size: int):
+  """(feed, InputSpec) of an input mode: 'memory' (TrainFeed over tfds cifar10 in the data dir
+  `where`, from the tfds cache) or 'stream' (StreamFeed over the ArrayRecord data set `where`)."""
+  from ohc_jax import configuration, experiment, input_pipeline, streaming
+  if mode == 'memory':
+    config = configuration.base_config()
+    config.update(dataset='cifar10', data_dir=where, protocol='holdout')
+    data = input_pipeline.load(config)
+    return (input_pipeline.TrainFeed(data.train, batch_size, seed=0),
+            experiment.InputSpec.of(data))
+  source = streaming.ImageSource(where, 'train')
+  return (streaming.StreamFeed(source, batch_size, seed=0),
+          experiment.InputSpec(source.image_shape, 'uint8', 1 / 127.5, -1.0, len(source)))
+
+
+def input_case(mode: str, where: str, batch_size: int, steps: int, warmup: int) -> dict:
+  """Train images/s of the real train step (configs/cifar10.py: simp encoder, K=10) fed by a
+  feed, over `steps` steps after `warmup`; in stream mode also the seconds to the first batch
+  when resuming at 10% and at 90% of an epoch; and the process's peak RSS. Run it alone in a
+  process (`_input_in_child`), so the peak is this feed's."""
+  import jax
+  from ohc_jax import configuration, experiment
+  feed, spec = _input_feed(mode, where, batch_size)
+  if feed.steps_per_epoch < warmup + steps:
+    raise UsageError(f'{where}: an epoch of {feed.steps_per_epoch} steps is shorter than '
+                     f'--warmup + --steps = {warmup + steps}: lower them')
+  config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, 'cifar10.py'))
+  config.update(batch_size=batch_size, num_devices=1)
+  exp = experiment.build(config, spec)
+  state = exp.init_state()
+  batches = feed.epoch(1)
+  for _ in range(warmup):  # Compiled, the feed's threads started and its queue full.
+    state, m = exp.train_step(state, exp.to_global(next(batches)))
+  jax.block_until_ready(m)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, m = exp.train_step(state, exp.to_global(next(batches)))
+  jax.block_until_ready((state, m))
+  result = {'images_per_s': steps * batch_size / (time.perf_counter() - start),
+            'steps_per_epoch': feed.steps_per_epoch}
+  batches.close()
+  if mode == 'stream':
+    for fraction in (0.1, 0.9):
+      start = time.perf_counter()
+      resumed = feed.epoch(2, int(fraction * feed.steps_per_epoch))
+      next(resumed)
+      result[f'first_batch_at_{fraction:.0%}_s'] = time.perf_counter() - start
+      resumed.close()
+  result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return result
+
+
+def _input_in_child(mode: str, where: str) -> dict:
+  """input_case in a process of its own: one feed's peak memory, not several mixed."""
+  code = ('import json, sys; from ohc_jax import benchmark; '
+          'print(json.dumps(benchmark.input_case(*sys.argv[1:3], *map(int, sys.argv[3:]))))')
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # One device: each figure the same setup.
+  child = subprocess.run([sys.executable, '-c', code, mode, where, str(_BATCH.value),
+                          str(_STEPS.value), str(_WARMUP.value)], env=env, capture_output=True,
+                         text=True, check=False)
+  if child.returncode != 0:
+    lines = child.stderr.strip().splitlines() or ['(no output)']
+    raise UsageError(f'--suite=input, {mode} over {where}: {lines[-1]}')
+  return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def suite_input() -> dict:
+  cases = {'cifar10_memory': ('memory', _DATA_DIR.value),
+           'cifar10_stream': ('stream', _STREAM_DIR.value)}
+  if _SYNTHETIC_DIR.value:
+    cases['synthetic_1.2M_stream'] = ('stream', _SYNTHETIC_DIR.value)
+  for mode, where in cases.values():
+    if not os.path.isdir(where):
+      raise UsageError(f'--suite=input: no folder {where}: give --data_dir (tfds), --stream_dir '
+                       f'(launch/to_array_record.py) or --synthetic_dir '
+                       f'(launch/make_synthetic_images.py; empty: left out)')
+  rows = {}
+  print(f'train step (simp encoder, K=10, batch {_BATCH.value}) fed by each input, '
+        f'{_STEPS.value} steps after {_WARMUP.value}:')
+  print(f'{"input":>22} {"images/s":>9} {"peak MB":>8} {"resume@10% s":>13} {"resume@90% s":>13}')
+  for name, (mode, where) in cases.items():
+    row = rows[name] = dict(_input_in_child(mode, where), mode=mode, data=where)
+    resume = [f'{row[k]:13.2f}' if k in row else f'{"-":>13}'
+              for k in ('first_batch_at_10%_s', 'first_batch_at_90%_s')]
+    print(f'{name:>22} {row["images_per_s"]:9.0f} {row["peak_rss_mb"]:8.0f} {" ".join(resume)}',
+          flush=True)
+  memory, stream = rows['cifar10_memory'], rows['cifar10_stream']
+  ratios = {'stream_over_memory_images_per_s': stream['images_per_s'] / memory['images_per_s']}
+  print(f'stream / memory images/s: {ratios["stream_over_memory_images_per_s"]:.1%} '
+        f'(target >= 90%)')
+  if 'synthetic_1.2M_stream' in rows:
+    ratios['synthetic_over_cifar10_stream_peak_rss'] = (
+        rows['synthetic_1.2M_stream']['peak_rss_mb'] / stream['peak_rss_mb'])
+    print(f'peak memory, 1.2M set / CIFAR-10, streaming: '
+          f'{ratios["synthetic_over_cifar10_stream_peak_rss"]:.3f} (target <= 1.10, and < 2 GB: '
+          f'{rows["synthetic_1.2M_stream"]["peak_rss_mb"]:.0f} MB)')
+  return {'batch_size': _BATCH.value, 'steps': _STEPS.value, 'warmup': _WARMUP.value,
+          'rows': rows, 'ratios': ratios}
+
+
 def benchmark(flag_values, args) -> None:
   """The command: runs --suite and saves its figures (flag_values: the module's flags)."""
   del flag_values
@@ -255,7 +371,8 @@ def benchmark(flag_values, args) -> None:
   import jax
   if _SUITE.value == 'scaling':
     jax.config.update('jax_num_cpu_devices', max(map(int, _DEVICES.value)))
-  suites = {'train': suite_train, 'assign': suite_assign, 'scaling': suite_scaling}
+  suites = {'train': suite_train, 'assign': suite_assign, 'scaling': suite_scaling,
+            'input': suite_input}
   backend = jax.default_backend()
   result = suites[_SUITE.value]()
   result.update(suite=_SUITE.value, backend=backend, device=str(jax.devices()[0].device_kind),

@@ -30,6 +30,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.download = False
   c.manual_dir = config_dict.placeholder(str)  # realdisp: folder with the UCI subjectN_ideal.log.
   c.protocol = 'paper'  # 'paper': train and evaluate on train+test; 'holdout': train/test.
+  # tfds data sets: their features, splits and image size.
+  c.image_key = 'image'
+  c.label_key = 'label'  # A ClassLabel feature.
+  c.train_split = 'train'  # Any tfds split spec, e.g. 'train[:90%]'.
+  c.eval_split = 'test'  # The same as train_split: one split, trained and evaluated on.
+  c.image_size = 0  # 0: as stored; N: shorter side resized to N, centre cropped to N x N.
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
   c.imbalance = 0  # 0-3: the reference's class keep-probabilities (imbalance.py, docs/fidelity.md).
   c.prior_matching = 'identity'  # Cluster k's prior entry: 'identity' (k's; the reference's code),
@@ -100,8 +106,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   dataset = config.dataset
   _check(input_pipeline.loader(str(dataset)) is not None,
          f'unknown dataset {dataset!r}: use --config.dataset= one of '
-         f'{", ".join(input_pipeline.DATASETS)}, vectors:FILE.npz (arrays x, y) or folder:DIR (one '
-         f'sub-folder of images per class)')
+         f'{", ".join(input_pipeline.DATASETS)}, tfds:NAME (any tfds image data set), '
+         f'vectors:FILE.npz (arrays x, y) or folder:DIR (one sub-folder of images per class)')
+  for field in ('image_key', 'label_key', 'train_split', 'eval_split'):
+    _check(isinstance(config[field], str) and config[field].strip() != '',
+           f'{field} is empty: set --config.{field}= to a tfds feature or split name')
+  _check(int(config.image_size) >= 0,
+         f'image_size must be >= 0, got {config.image_size}: set --config.image_size=')
+  tfds_set = input_pipeline.is_tfds(str(dataset))
+  _check(tfds_set or not config.image_size,
+         f'image_size resizes tfds images, and {dataset!r} is not a tfds data set: set '
+         f'--config.image_size=0')
   _choice(config, 'encoder', models.ENCODERS)
   _choice(config, 'protocol', PROTOCOLS)
   _choice(config, 'method', METHODS)
@@ -124,7 +139,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.encoder == 'mlp' or not str(dataset).startswith('vectors:'),
          f'vectors need --config.encoder=mlp, not {config.encoder!r}')
   by_path = str(dataset).startswith(tuple(input_pipeline.PATH_DATASETS))
-  _check(config.protocol == 'paper' or not (sequences or by_path),
+  _check(config.protocol == 'paper' or not (sequences or by_path or (
+      tfds_set and config.train_split == config.eval_split)),
          f'{dataset} has no test split: use --config.protocol=paper')
   _choice(config, 'imbalance', (0, 1, 2, 3))
   _choice(config, 'prior_matching', imbalance.MATCHINGS)

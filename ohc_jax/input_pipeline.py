@@ -84,15 +84,17 @@ def _load_digits(config) -> _Loaded:
 
 
 def _load_tfds(name: str, config) -> _Loaded:
-  """The tfds data set `name`, its train then test split."""
+  """The tfds data set `name` (as tfds.builder takes it: 'NAME', 'NAME/CONFIG', either with
+  ':VERSION'), its config.train_split then config.eval_split; one split when they are equal."""
+  splits = dict.fromkeys((config.train_split, config.eval_split))
   images, labels, sizes, info = readers.read_tfds(
-      name, ('train', 'test'), config.data_dir, label_key='label', download=config.download,
+      name, tuple(splits), config.data_dir, label_key=config.label_key, download=config.download,
       fix='point --config.data_dir (or TFDS_DATA_DIR) at a tfds data dir that holds it, or pass '
-          '--config.download=True')
+          '--config.download=True', image_key=config.image_key, image_size=config.image_size)
   colour = images.ndim == 4 and images.shape[-1] == 3
   scale, offset = (1 / 127.5, -1.0) if colour else (1 / 255, 0.0)
-  return _Loaded(Split(images, labels), sizes[0], info['num_classes'], scale, offset,
-                 tuple(info['names']))
+  return _Loaded(Split(images, labels), sizes[0] if len(splits) == 2 else None,
+                 info['num_classes'], scale, offset, tuple(info['names']))
 
 
 def _load_realdisp(config) -> _Loaded:
@@ -159,12 +161,20 @@ DATASETS = {
 }
 # Data sets by path, under a prefix: 'vectors:FILE.npz', 'folder:DIR'.
 PATH_DATASETS = {'vectors:': _load_vectors, 'folder:': _load_folder}
+TFDS_PREFIX = 'tfds:'  # Any tfds image data set: 'tfds:imagenette/160px', 'tfds:cifar10:3.0.2'.
 
 
 def loader(dataset: str):
   """The loader of config.dataset, or None for an unknown one."""
+  if dataset.startswith(TFDS_PREFIX) and dataset != TFDS_PREFIX:
+    return functools.partial(_load_tfds, dataset.removeprefix(TFDS_PREFIX))
   prefix = next((p for p in PATH_DATASETS if dataset.startswith(p)), None)
   return PATH_DATASETS[prefix] if prefix else DATASETS.get(dataset)
+
+
+def is_tfds(dataset: str) -> bool:
+  """Whether config.dataset is a tfds data set (the image_* and *_split fields apply)."""
+  return getattr(loader(dataset), 'func', None) is _load_tfds
 
 
 def load(config) -> Data:

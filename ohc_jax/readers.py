@@ -78,9 +78,12 @@ def read_image(path: str, channels: int) -> np.ndarray:
 
 
 def read_tfds(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
-              label_key: Optional[str] = None, download: bool = False):
+              label_key: Optional[str] = None, download: bool = False, image_key: str = 'image',
+              image_size: int = 0):
   """(images, labels or None, rows per split, {'num_classes', 'names'}) of the splits of a tfds
-  data set, in order, in one array: decoded once and cached (tfds_cache), read-only."""
+  data set, in order, in one array: decoded once and cached (tfds_cache), read-only; image_size
+  N > 0: each image's shorter side resized to N and its centre cropped to N x N."""
   from ohc_jax import tfds_cache
-  images, labels, info = tfds_cache.load(name, splits, data_dir, fix, label_key, download)
+  images, labels, info = tfds_cache.load(name, splits, data_dir, fix, label_key, download,
+                                         image_key, image_size)
   return images, labels, info['sizes'], info

@@ -50,3 +50,51 @@ def test_train_suite_reports_the_assignment_share(tmp_path):
   assert abs(figures['assignment_share_of_step']
              - figures['assignment_ms_per_batch'] / step_ms) < 1e-9
   assert '% of a' in stdout
+
+
+_TINY_CIFAR10 = '''
+import sys, numpy as np, tensorflow as tf, tensorflow_datasets as tfds
+rng = np.random.default_rng(0)
+def split(n):  # The features of tfds's cifar10, which reads the files.
+  return tf.data.Dataset.from_tensor_slices({
+      'id': [str(i) for i in range(n)], 'image': rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+      'label': rng.integers(0, 10, n)})
+tfds.dataset_builders.TfDataBuilder(
+    name='cifar10', version='3.0.2', split_datasets={'train': split(320), 'test': split(64)},
+    features=tfds.features.FeaturesDict({'id': tfds.features.Text(),
+                                         'image': tfds.features.Image(shape=(32, 32, 3)),
+                                         'label': tfds.features.ClassLabel(num_classes=10)}),
+    data_dir=sys.argv[1]).download_and_prepare()
+'''
+
+
+def test_input_suite_on_tiny_sets(tmp_path, monkeypatch):
+  monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
+  subprocess.run([sys.executable, '-c', _TINY_CIFAR10, str(tmp_path / 'tfds')], check=True,
+                 capture_output=True)
+  stream, synthetic = tmp_path / 'stream', tmp_path / 'synthetic'
+  for where, num in ((stream, 320), (synthetic, 640)):
+    subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'make_synthetic_images.py'),
+                    f'--out={where}', f'--num={num}'], check=True, capture_output=True)
+  stdout, figures = _run(tmp_path, '--suite=input', '--batch_size=64', '--steps=2', '--warmup=1',
+                         f'--data_dir={tmp_path / "tfds"}', f'--stream_dir={stream}',
+                         f'--synthetic_dir={synthetic}')
+  rows, ratios = figures['rows'], figures['ratios']
+  assert list(rows) == ['cifar10_memory', 'cifar10_stream', 'synthetic_1.2M_stream']
+  assert [rows[r]['steps_per_epoch'] for r in rows] == [5, 5, 10]
+  assert 'first_batch_at_90%_s' in rows['synthetic_1.2M_stream']
+  assert 'first_batch_at_10%_s' not in rows['cifar10_memory']
+  assert ratios['stream_over_memory_images_per_s'] == pytest.approx(
+      rows['cifar10_stream']['images_per_s'] / rows['cifar10_memory']['images_per_s'])
+  assert ratios['synthetic_over_cifar10_stream_peak_rss'] == pytest.approx(
+      rows['synthetic_1.2M_stream']['peak_rss_mb'] / rows['cifar10_stream']['peak_rss_mb'])
+  assert 'stream / memory images/s' in stdout
+
+
+def test_input_suite_names_a_missing_folder(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'ohc_jax.benchmark', '--suite=input',
+                         f'--data_dir={tmp_path}', f'--stream_dir={tmp_path / "none"}',
+                         f'--out={tmp_path / "f.json"}'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert f'no folder {tmp_path / "none"}: give --data_dir' in proc.stderr.strip().splitlines()[-1]

@@ -32,11 +32,16 @@ def assert_usage_error(proc, *fragments):
 
 # Invalid values of every config field, as --config.FIELD=VALUE (a new field needs a row here).
 INVALID = {
-    'dataset': ['imagenet9', 'vectors'],
+    'dataset': ['imagenet9', 'vectors', 'tfds:'],
     'data_dir': [''],
     'download': ['maybe'],
     'manual_dir': [''],
     'protocol': ['train'],
+    'image_key': [''],
+    'label_key': [' '],
+    'train_split': [''],
+    'eval_split': [''],
+    'image_size': ['-1', '32'],  # 32: the default config's digits are not a tfds data set.
     'max_examples': ['-5', '1.5'],
     'imbalance': ['4', '-1'],
     'prior_matching': ['greedy'],

@@ -75,6 +75,40 @@ def test_decoded_once_cached_and_equal_to_decoding_in_process(tmp_path):
 def test_missing_data_set_and_feature_are_one_line_errors(tmp_path, monkeypatch):
   monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
   monkeypatch.delitem(sys.modules, 'tensorflow_datasets', raising=False)  # Through the child.
-  with pytest.raises(UsageError, match=r"^cannot load nothere:train from tfds .*: point at it$"):
+  with pytest.raises(UsageError, match=r"^tfds has no data set 'nothere': use a name of the tfds "
+                                       r"catalog \(https://[^ ]+\)$"):
     tfds_cache.load('nothere', ['train'], str(tmp_path), 'point at it', 'label')
   assert not (tmp_path / 'cache' / 'tfds').exists() or not os.listdir(tmp_path / 'cache' / 'tfds')
+
+
+_READ_RESIZED = '''
+import json, sys
+from ohc_jax import tfds_cache
+x, _, info = tfds_cache.load('tiny_images', ['train'], sys.argv[1], 'fix', 'label', image_size=4)
+print(json.dumps({'shape': x.shape, 'sizes': info['sizes'],
+                  'tf': sorted(m for m in sys.modules if m.startswith('tensorflow'))[:3]}))
+'''
+
+
+def test_images_resized_in_the_child_and_cached_by_size(tmp_path):
+  env = dict(os.environ, OHC_JAX_CACHE=str(tmp_path / 'cache'))
+  data = tmp_path / 'data'
+  _run(_PREPARE, data, 0, env=env)
+  read = json.loads(_run(_READ_RESIZED, data, env=env))
+  assert read == {'shape': [40, 4, 4, 3], 'sizes': [40], 'tf': []}
+  _run(_READ, data, env=env)  # The stored size: an entry of its own.
+  entries = os.listdir(tmp_path / 'cache' / 'tfds')
+  assert len(entries) == 2
+  resized = [np.load(tmp_path / 'cache' / 'tfds' / e / 'images.npy') for e in entries]
+  import tensorflow_datasets  # pylint: disable=unused-import,import-outside-toplevel
+  x, _, _ = tfds_cache.load('tiny_images', ['train'], str(data), 'fix', 'label', image_size=4)
+  assert any(r.shape == x.shape and np.array_equal(r, x) for r in resized)
+
+
+def test_missing_split_names_the_splits_there_are(tmp_path, monkeypatch):
+  monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
+  _run(_PREPARE, tmp_path, 0, env=dict(os.environ))
+  monkeypatch.delitem(sys.modules, 'tensorflow_datasets', raising=False)  # Through the child.
+  with pytest.raises(UsageError, match=r"^tfds tiny_images has no split 'validation' \(it has "
+                                       r"(train, test|test, train)\): set --config.train_split="):
+    tfds_cache.load('tiny_images', ['train', 'validation'], str(tmp_path), 'fix', 'label')
