@@ -28,8 +28,8 @@ def cache_root() -> str:
 
 
 def _data_dir(data_dir: Optional[str]) -> str:
-  return os.path.abspath(os.path.expanduser(
-      data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'))
+  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return data_dir if '://' in data_dir else os.path.abspath(os.path.expanduser(data_dir))
 
 
 def _root(name: str, data_dir: str) -> str:
@@ -72,11 +72,11 @@ def load(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
   interleave them); decoded in a child process if not cached. image_size N > 0 resizes each image
   there (`_resize`), so a set of large or variable-size images never enters memory at full size.
   A process that has imported tfds already (e.g. under tfds.testing.mock_data) decodes them
-  itself, into memory, uncached. `fix` ends the error when the data is not there."""
+  itself, into memory, uncached, as does one reading a remote data dir (gs://...). `fix` ends the error when the data is not there."""
   data_dir = _data_dir(data_dir)
   args = [name, '+'.join(splits), data_dir, fix, label_key or '', str(int(download)), image_key,
           str(image_size)]
-  if 'tensorflow_datasets' in sys.modules:
+  if 'tensorflow_datasets' in sys.modules or '://' in data_dir:  # Remote data: no files to key.
     return _decode(*args, cache=False)
   key = _key(name, args[1], image_key, label_key, image_size, data_dir)
   if key and os.path.isfile(os.path.join(cache_root(), key, 'info.json')):
