@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_split = 'train'  # Any tfds split spec, e.g. 'train[:90%]'.
   c.eval_split = 'test'  # The same as train_split: one split, trained and evaluated on.
   c.image_size = 0  # 0: as stored; N: shorter side resized to N, centre cropped to N x N.
+  c.input_mode = 'auto'  # 'memory': decoded once, held; 'stream': tfds ArrayRecord read by index,
+  # never held; 'auto': stream when the decoded training data would exceed max_host_memory_gb.
+  c.max_host_memory_gb = 16.0
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
   c.imbalance = 0  # 0-3: the reference's class keep-probabilities (imbalance.py, docs/fidelity.md).
   c.prior_matching = 'identity'  # Cluster k's prior entry: 'identity' (k's; the reference's code),
@@ -146,6 +149,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'prior_matching', imbalance.MATCHINGS)
   _choice(config, 'prior_scope', imbalance.SCOPES)
   _choice(config, 'assign_impl', assign.IMPLS)
+  _choice(config, 'input_mode', ('auto', 'memory', 'stream'))
   _choice(config, 'assignment_scope', ASSIGNMENT_SCOPES)
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
                      ('hidden_dim', 1), ('latent_dim', 1), ('num_epochs', 1),
@@ -161,7 +165,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          or config.process_id < config.num_processes,
          f'process_id {config.process_id} must be < num_processes {config.num_processes}: set '
          f'--config.process_id= from 0 to {config.num_processes} - 1')
-  for field in ('sigma', 'learning_rate'):
+  for field in ('sigma', 'learning_rate', 'max_host_memory_gb'):
     _check(math.isfinite(config[field]) and config[field] > 0,
            f'{field} must be > 0 and finite, got {config[field]}: set --config.{field}=')
   address = config.coordinator_address

@@ -29,7 +29,7 @@ class InputSpec:
   @classmethod
   def of(cls, data) -> 'InputSpec':
     """The spec of an input_pipeline.Data."""
-    images = data.train.images
+    images = getattr(data.train, 'images', data.train)  # A streaming source has shape and dtype.
     return cls(tuple(int(d) for d in images.shape[1:]), str(images.dtype), float(data.scale),
                float(data.offset), len(data.train))
 

@@ -5,6 +5,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import os
 from typing import Iterator, NamedTuple, Optional
 
@@ -177,8 +178,92 @@ def is_tfds(dataset: str) -> bool:
   return getattr(loader(dataset), 'func', None) is _load_tfds
 
 
+def array_record_dir(name: str, data_dir) -> str | None:
+  """The NAME[/CONFIG]/VERSION folder of a tfds data set prepared as ArrayRecord (the highest
+  version, or NAME's ':VERSION'), or None."""
+  base, _, version = name.partition(':')
+  root = os.path.join(os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or
+                                         '~/tensorflow_datasets'), base)
+  found = [d for d in (os.listdir(root) if os.path.isdir(root) else ())
+           if (not version or d == version) and os.path.isdir(os.path.join(root, d)) and
+           any('.array_record' in f for f in os.listdir(os.path.join(root, d)))]
+  best = max(found, key=lambda v: tuple(int(p) for p in v.split('.') if p.isdigit()), default=None)
+  return os.path.join(root, best) if best else None
+
+
+def input_mode(config) -> str:
+  """'memory' or 'stream': config.input_mode, or for 'auto' stream when the training data, as
+  decoded, would exceed config.max_host_memory_gb and an ArrayRecord copy is there to stream."""
+  if config.input_mode != 'auto':
+    return config.input_mode
+  tfds_name = _tfds_name(config.dataset)
+  directory = tfds_name and array_record_dir(tfds_name, config.data_dir)
+  if not directory:
+    return 'memory'
+  with open(os.path.join(directory, 'dataset_info.json')) as f:
+    info = json.load(f)
+  examples = sum(int(n) for s in info.get('splits', []) for n in s.get('shardLengths', []))
+  shape = _stored_image_shape(directory, config.image_key)
+  decoded = examples * int(np.prod(shape)) if shape else 0
+  return 'stream' if decoded > config.max_host_memory_gb * 2**30 else 'memory'
+
+
+def _stored_image_shape(directory: str, image_key: str):
+  try:
+    with open(os.path.join(directory, 'features.json')) as f:
+      features = json.load(f)['featuresDict']['features']
+    dims = features[image_key]['image']['shape']['dimensions']
+    return [int(d) for d in dims] if all(int(d) > 0 for d in dims) else None
+  except (OSError, KeyError, ValueError, TypeError):
+    return None
+
+
+def _tfds_name(dataset: str) -> str | None:
+  read = loader(dataset)
+  return read.args[0] if getattr(read, 'func', None) is _load_tfds else None
+
+
+def _load_stream(config) -> Data:
+  """The tfds data set of config.dataset streamed from its ArrayRecord files: splits read by
+  index (streaming.py), never held."""
+  from ohc_jax import streaming
+  name = _tfds_name(config.dataset)
+  if name is None:
+    raise UsageError(f'input_mode=stream streams tfds data sets, not {config.dataset!r}: set '
+                     f'--config.input_mode=memory')
+  for field in ('image_size', 'max_examples', 'imbalance'):
+    if config[field]:
+      raise UsageError(f'{field} is not available in stream mode: set --config.{field}=0 or '
+                       f'--config.input_mode=memory')
+  directory = array_record_dir(name, config.data_dir)
+  if directory is None:
+    raise UsageError(f'no ArrayRecord copy of {name} under {config.data_dir or "$TFDS_DATA_DIR"} '
+                     f'to stream: write one with python launch/to_array_record.py, or set '
+                     f'--config.input_mode=memory')
+  try:
+    splits = dict.fromkeys((config.train_split, config.eval_split))
+    sources = [streaming.ImageSource(directory, s, config.image_key, config.label_key)
+               for s in splits]
+  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
+    raise UsageError(f'cannot stream {name} from {directory} ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0] if str(e) else ""}): check the split and key '
+                     f'fields, or set --config.input_mode=memory') from None
+  if len(sources) == 1:
+    train = test = sources[0]
+  elif config.protocol == 'paper':
+    train = test = streaming.ConcatSource(*sources)
+  else:
+    train, test = sources
+  colour = sources[0].image_shape[-1] == 3
+  scale, offset = (1 / 127.5, -1.0) if colour else (1 / 255, 0.0)
+  return Data(train, test, sources[0].num_classes, scale, offset, sources[0].names)
+
+
 def load(config) -> Data:
-  """Loads config.dataset under config.protocol ('paper': train+test for both; 'holdout')."""
+  """Loads config.dataset under config.protocol ('paper': train+test for both; 'holdout'), in
+  memory or, per input_mode, streamed."""
+  if input_mode(config) == 'stream':
+    return _load_stream(config)
   read = loader(config.dataset)
   if read is None:
     raise UsageError(f'unknown dataset {config.dataset!r}')
@@ -199,6 +284,16 @@ def load(config) -> Data:
     train, test = both(lambda s: subset(s, imbalance.subsample(s.labels, keep, config.seed)))
     prior = keep / keep.sum()
   return Data(train, test, num_classes, scale, offset, names, prior)
+
+
+def train_feed(split, global_batch: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+  """The training feed of a split: TrainFeed in memory, streaming.StreamFeed for a source; the
+  same batches either way."""
+  if isinstance(split, Split):
+    return TrainFeed(split, global_batch, seed, process_index, process_count)
+  from ohc_jax import streaming
+  return streaming.StreamFeed(split, global_batch, seed, process_index, process_count)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -257,6 +352,14 @@ def read_rows(split, rows: np.ndarray) -> dict:
   if isinstance(split, Split):
     return {'image': np.asarray(split.images[rows]), 'label': split.labels[rows]}
   return split.read(rows)
+
+
+def sample_images(split, sample: Optional[np.ndarray]):
+  """The inputs of the rows `sample` (None: all) of a Split or a streaming source."""
+  if sample is None:
+    return (split.images if isinstance(split, Split) else
+            read_rows(split, np.arange(len(split)))['image'])
+  return read_rows(split, sample)['image']
 
 
 def eval_batches(split, global_batch: int, process_index: int = 0,

@@ -30,16 +30,16 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
     config.data_dir = data_dir
   data = input_pipeline.load(config)
   expected = tuple(trained.meta['input_shape'])
-  if tuple(data.eval.images.shape[1:]) != expected:
-    raise UsageError(f'the data set {config.dataset} now has inputs of shape '
-                     f'{data.eval.images.shape[1:]}, the run was trained on {expected}')
+  shape = getattr(data.eval, 'images', data.eval).shape[1:]  # A streaming source has a shape.
+  if tuple(shape) != expected:
+    raise UsageError(f'the data set {config.dataset} now has inputs of shape {shape}, the run was '
+                     f'trained on {expected}')
   sample = train.eval_sample(config, len(data.eval))
   outputs = train.evaluate(trained.eval_step, trained.state, data.eval, config, trained.mesh,
                            sample).outputs
   prior = np.exp(np.asarray(jax.device_get(trained.state.log_prior), np.float64))
   history = trained.meta.get('history') or []
-  images = (data.eval.images if sample is None else
-            input_pipeline.read_rows(data.eval, sample)['image'])
+  images = input_pipeline.sample_images(data.eval, sample)
   return plots.make_all(out or os.path.join(workdir, 'plots'), history=history,
                         prior=prior / prior.sum(), outputs=outputs, labels=outputs['label'],
                         images=images, num_clusters=config.num_clusters,

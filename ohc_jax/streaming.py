@@ -49,6 +49,8 @@ class ImageSource:
     self._keys = image_key, label_key
     self.image_shape = tuple(builder.info.features[image_key].shape)
     self.num_classes = builder.info.features[label_key].num_classes
+    self.names = tuple(builder.info.features[label_key].names)
+    self.shape, self.dtype = (len(self),) + self.image_shape, np.dtype(np.uint8)
 
   def __len__(self):
     return len(self._records)
@@ -66,6 +68,29 @@ class ImageSource:
       images[i] = image[..., ::-1] if image.ndim == 3 else image[..., None]  # OpenCV's BGR.
       labels[i] = feature[label_key].int64_list.value[0]
     return {'image': images, 'label': labels}
+
+
+class ConcatSource:
+  """Sources one after the other (protocol 'paper': train, then test)."""
+
+  def __init__(self, *sources):
+    self._sources = sources
+    self._starts = np.cumsum([0] + [len(s) for s in sources])
+    self.shape = (int(self._starts[-1]),) + sources[0].shape[1:]
+    self.dtype = sources[0].dtype
+
+  def __len__(self):
+    return int(self._starts[-1])
+
+  def read(self, rows: np.ndarray) -> dict:
+    part = np.searchsorted(self._starts, rows, side='right') - 1
+    out = {'image': np.empty((len(rows),) + self.shape[1:], self.dtype),
+           'label': np.empty(len(rows), np.int64)}
+    for p in np.unique(part):
+      at = part == p
+      got = self._sources[p].read(rows[at] - self._starts[p])
+      out['image'][at], out['label'][at] = got['image'], got['label']
+    return out
 
 
 class ArraySource:

@@ -90,11 +90,15 @@ def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray]
 
 def eval_sample(config, n: int) -> Optional[np.ndarray]:
   """The evaluation rows whose outputs are kept (config.eval_sample of the n, seeded, sorted), or
-  None for all of them."""
-  if not config.eval_sample or config.eval_sample >= n:
+  None for all of them (eval_sample 0: all in memory mode, STREAM_EVAL_SAMPLE streaming)."""
+  size = config.eval_sample or (STREAM_EVAL_SAMPLE if input_pipeline.input_mode(config) == 'stream'
+                                else n)
+  if size >= n:
     return None
-  return np.sort(np.random.default_rng([config.seed, 11]).choice(n, config.eval_sample,
-                                                                 replace=False))
+  return np.sort(np.random.default_rng([config.seed, 11]).choice(n, size, replace=False))
+
+
+STREAM_EVAL_SAMPLE = 10_000
 
 
 def _raise_if_bad(state) -> None:
@@ -216,13 +220,13 @@ def _start(config, workdir: str, overwrite: bool, clock):
   with clock('build'):
     exp = experiment.build(config, experiment.InputSpec.of(data))
     resume.prepare(config, workdir, overwrite)
-    feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed,
-                                    jax.process_index(), jax.process_count())
+    feed = input_pipeline.train_feed(data.train, config.batch_size, config.seed,
+                                     jax.process_index(), jax.process_count())
     state, pos = exp.init_state(), Position()
     if config.warm_start and not resuming:
       first = input_pipeline.epoch_permutation(len(data.train), config.seed, 1)
-      state = exp.warm_start(state, data.train.images[first[:max(config.num_clusters,
-                                                                   config.batch_size)]])
+      rows = first[:max(config.num_clusters, config.batch_size)]
+      state = exp.warm_start(state, input_pipeline.read_rows(data.train, rows)['image'])
     ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints, lead=lead)
     if resuming:
       restored = resume.restore(ckpt, state, config, workdir)
@@ -374,9 +378,8 @@ class _EpochOutputs:
     if itstime(pos.epoch, config.plots_every_epochs, config.num_epochs):
       prior = np.exp(np.asarray(jax.device_get(state.log_prior), np.float64))
       centroids = np.asarray(jax.device_get(state.params['centroids']))
-      sample = eval_sample(config, len(self._data.eval))
-      images = (self._data.eval.images if sample is None else
-                input_pipeline.read_rows(self._data.eval, sample)['image'])
+      images = input_pipeline.sample_images(self._data.eval,
+                                            eval_sample(config, len(self._data.eval)))
       self._jobs.append(self._pool.submit(_make_plots, self._workdir, config, list(pos.history),
                                           outputs, images, self._data.class_names,
                                           prior / prior.sum(), centroids))

@@ -1,0 +1,115 @@
+"""input_mode=stream: a tfds ArrayRecord set read by index gives the metrics memory mode gives on
+the same arrays, resumes exactly after SIGKILL, and is chosen by input_mode=auto by size."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ohc_jax import checkpoints, configuration, input_pipeline, streaming, train
+from ohc_jax.configuration import CONFIG_DIR
+from ohc_jax.errors import UsageError
+
+pytestmark = pytest.mark.slow  # Trains models and starts processes.
+
+REPO = os.path.dirname(CONFIG_DIR)
+OVERRIDES = dict(dataset='tfds:tiny_stream', input_mode='stream', num_clusters=3, batch_size=16,
+                 eval_batch_size=32, num_epochs=2, checkpoint_every_steps=3, log_every_steps=2,
+                 latent_dim=16)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """tiny_stream 1.0.0 in ArrayRecord: train 96 points (2 shards), test 32; 8x8 RGB, 3 classes."""
+  import tensorflow_datasets as tfds
+  root = tmp_path_factory.mktemp('tfds')
+  directory = root / 'tiny_stream' / '1.0.0'
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 128)
+  images = np.clip(labels[:, None, None, None] * 80 + rng.integers(0, 60, (128, 8, 8, 3)), 0,
+                   255).astype(np.uint8)
+  for split, rows, shards in (('train', np.arange(96), 2), ('test', np.arange(96, 128), 1)):
+    for index, part in enumerate(np.array_split(rows, shards)):
+      streaming.write_records(streaming.shard_path(str(directory), 'tiny_stream', split, index,
+                                                   shards),
+                              streaming.encode_examples(images[part], labels[part]))
+  features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
+                                         'label': tfds.features.ClassLabel(num_classes=3)})
+  streaming.write_info(str(directory), 'tiny_stream', '1.0.0', {'train': [48, 48], 'test': [32]},
+                       features)
+  return str(root)
+
+
+def _config(data_dir, **overrides):
+  c = configuration.from_file(os.path.join(CONFIG_DIR, 'default.py'))
+  c.update(progress_bar=False, plots_every_epochs=0, data_dir=data_dir, **OVERRIDES)
+  c.update(**overrides)
+  return c
+
+
+def _strip(results):
+  return {k: ({f: x for f, x in v.items() if f != 'train_images_per_s'} if isinstance(v, dict)
+              else v) for k, v in results.items()}
+
+
+@pytest.fixture(scope='module')
+def streamed(data_dir, tmp_path_factory):
+  return train.train_and_evaluate(_config(data_dir), str(tmp_path_factory.mktemp('s') / 'run'))
+
+
+def test_stream_gives_the_metrics_of_memory_mode_on_the_same_arrays(data_dir, streamed, tmp_path,
+                                                                   monkeypatch):
+  config = _config(data_dir)
+  data = input_pipeline.load(config)
+  assert isinstance(data.train, streaming.ConcatSource) and len(data.train) == 128
+  arrays = input_pipeline.read_rows(data.train, np.arange(128))
+  split = input_pipeline.Split(arrays['image'], arrays['label'])
+  in_memory = input_pipeline.Data(split, split, 3, data.scale, data.offset, data.class_names)
+  monkeypatch.setattr(input_pipeline, 'load', lambda c: in_memory)
+  memory = train.train_and_evaluate(_config(data_dir, input_mode='memory'), str(tmp_path / 'm'))
+  assert _strip(memory) == _strip(streamed)
+  assert streamed['num_train'] == 128 and streamed['final']['step'] == 16
+
+
+def test_sigkill_and_rerun_in_stream_mode_gives_the_uninterrupted_results(data_dir, streamed,
+                                                                          tmp_path):
+  work = tmp_path / 'run'
+  flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  cmd = [sys.executable, '-m', 'ohc_jax.main', f'--workdir={work}', f'--config.data_dir={data_dir}',
+         '--config.progress_bar=False', '--config.plots_every_epochs=0', *flags]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  while not any(s >= 11 for s in checkpoints.committed_steps(work)):  # Mid-epoch 2 (8 a epoch).
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert not (work / 'results.json').exists()
+  rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert 'resuming from the checkpoint of step' in rerun.stdout
+  assert _strip(json.loads((work / 'results.json').read_text())) == _strip(streamed)
+
+
+def test_auto_streams_only_what_exceeds_the_memory_limit(data_dir):
+  # 128 images of 8 x 8 x 3 bytes: 24,576 bytes decoded.
+  assert input_pipeline.input_mode(_config(data_dir, input_mode='auto')) == 'memory'
+  tight = _config(data_dir, input_mode='auto', max_host_memory_gb=20_000 / 2**30)
+  assert input_pipeline.input_mode(tight) == 'stream'
+  assert input_pipeline.input_mode(_config(data_dir, input_mode='auto', dataset='digits')) == 'memory'
+
+
+def test_stream_mode_errors_name_the_fix(data_dir, tmp_path):
+  with pytest.raises(UsageError, match='no ArrayRecord copy .*launch/to_array_record.py'):
+    input_pipeline.load(_config(str(tmp_path)))
+  with pytest.raises(UsageError, match='max_examples is not available in stream mode'):
+    input_pipeline.load(_config(data_dir, max_examples=10))
+  with pytest.raises(UsageError, match='streams tfds data sets, not'):
+    input_pipeline.load(_config(data_dir, dataset='digits'))
