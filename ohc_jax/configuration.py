@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.constrained_eval = False  # Combination assignment at evaluation too, batch by batch.
   c.covariance = 'fixed'  # 'fixed' (sigma I), 'learned_diagonal', 'estimated' (after each epoch).
   c.probe_every = 0  # Linear and 10-NN probes on the encodings every N epochs (0: never).
+  c.eval_every_steps = 0  # Also evaluate every N steps within epochs (0: at epochs' ends only).
   c.eval_sample = 0  # Evaluation outputs kept for probes, plots and covariances: a seeded sample
   # of N points (0: all). The metrics are accumulated batch by batch over every point.
   # Optimisation.
@@ -155,7 +156,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      ('hidden_dim', 1), ('latent_dim', 1), ('num_epochs', 1),
                      ('log_every_steps', 1), ('checkpoint_every_steps', 0), ('keep_checkpoints', 1),
                      ('plots_every_epochs', 0), ('profile_steps', 0), ('probe_every', 0),
-                     ('eval_sample', 0),
+                     ('eval_sample', 0), ('eval_every_steps', 0),
                      ('max_examples', 0), ('seed', 0), ('num_devices', 0), ('num_processes', 1), ('process_id', 0)):
     if config[field] is not None:  # num_processes, process_id: None means from the cluster.
       _check(int(config[field]) >= low,

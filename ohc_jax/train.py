@@ -44,7 +44,8 @@ class Position:
     pos = cls(int(meta['epoch']), int(meta['step_in_epoch']), float(meta.get('loss_sum', 0.0)),
               list(meta.get('history', [])), meta.get('cluster_to_class'),
               meta.get('cluster_to_class_step'))
-    done = pos.history and pos.history[-1]['epoch'] >= pos.epoch
+    done = (pos.history and pos.history[-1]['epoch'] >= pos.epoch and
+            not pos.history[-1].get('partial'))
     if done and pos.step_in_epoch >= steps_per_epoch:  # An epoch-end checkpoint.
       pos.epoch, pos.step_in_epoch, pos.loss_sum = pos.epoch + 1, 0, 0.0
     return pos
@@ -171,6 +172,15 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
             run.writer.write_step(done, run.bar.scalars(pos.epoch, done, step_metrics))
         signum = stop.agreed() if (jax.process_count() == 1 or itstime(done, spe) or
                                    itstime(done, config.log_every_steps)) else None
+        if itstime(done, config.eval_every_steps) and not itstime(done, spe):
+          jax.block_until_ready(state)
+          with clock('evaluate'):
+            _, record, out = _evaluate_epoch(exp, state, data, pos, float(loss_sum) /
+                                             pos.step_in_epoch, run.bar.epoch_images_per_s(done),
+                                             partial=True)
+          with clock('epoch outputs'):
+            run.writer.write_epoch(record)
+            run.outputs.submit(pos, state, record, out)
         if itstime(done, spe):
           jax.block_until_ready(state)
           with clock('evaluate'):
@@ -243,19 +253,22 @@ def _start(config, workdir: str, overwrite: bool, clock):
   return run, state, pos
 
 
-def _evaluate_epoch(exp, state, data, pos, train_loss, images_per_s):
+def _evaluate_epoch(exp, state, data, pos, train_loss, images_per_s, partial=False):
   """An epoch's end: the evaluation, the updates it makes (Experiment.end_of_epoch), its record
-  (with probes when due) and the cluster -> class map; returns (state, record, outputs)."""
+  (with probes when due) and the cluster -> class map; returns (state, record, outputs). `partial`
+  (config.eval_every_steps within an epoch): the evaluation and its record alone, marked so."""
   config = exp.config
   _raise_if_bad(state)
   evaluation = evaluate(exp.eval_step, state, data.eval, config, exp.mesh,
                         eval_sample(config, len(data.eval)))
-  state = exp.end_of_epoch(state, evaluation, data.prior)
+  if not partial:
+    state = exp.end_of_epoch(state, evaluation, data.prior)
   prior = np.exp(np.asarray(state.log_prior, np.float64))
   out, acc = evaluation.outputs, evaluation.accumulator
   record = {'epoch': pos.epoch, 'step': int(state.step), 'train_loss': train_loss,
-            'train_images_per_s': images_per_s, **acc.result(prior / prior.sum())}
-  if itstime(pos.epoch, config.probe_every, config.num_epochs):
+            'train_images_per_s': images_per_s, **acc.result(prior / prior.sum()),
+            **({'partial': True} if partial else {})}
+  if not partial and itstime(pos.epoch, config.probe_every, config.num_epochs):
     record.update(probes.probe_accuracies(out['z'], out['label'], config.seed))
   pos.history.append(record)
   pos.cluster_to_class = metrics.table_hungarian_map(acc.table).tolist()
@@ -375,7 +388,8 @@ class _EpochOutputs:
     logging.info(line)
     print(line, flush=True)
     _write_cluster_map(self._workdir, pos, self._data)
-    if itstime(pos.epoch, config.plots_every_epochs, config.num_epochs):
+    if (not record.get('partial') and
+        itstime(pos.epoch, config.plots_every_epochs, config.num_epochs)):
       prior = np.exp(np.asarray(jax.device_get(state.log_prior), np.float64))
       centroids = np.asarray(jax.device_get(state.params['centroids']))
       images = input_pipeline.sample_images(self._data.eval,
@@ -391,7 +405,8 @@ class _EpochOutputs:
 
 
 def _summary(m: dict, config) -> str:
-  return (f'epoch {m["epoch"]}/{config.num_epochs}  loss {m["train_loss"]:.4f}  acc {m["acc"]:.4f}  '
+  return (f'epoch {m["epoch"]}/{config.num_epochs}'
+          f'{"  step " + str(m["step"]) if m.get("partial") else ""}  loss {m["train_loss"]:.4f}  acc {m["acc"]:.4f}  '
           f'nmi {m["nmi"]:.4f}  ari {m["ari"]:.4f}  kl* {m["kl_star"]:.4f}  '
           f'clusters {m["num_nonempty"]}/{config.num_clusters}  '
           f'{m["train_images_per_s"]:.0f} img/s')

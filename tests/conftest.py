@@ -1,11 +1,14 @@
 """Tests run on the CPU with 8 simulated devices (set before jax is imported)."""
 
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Decoded tfds sets go to a cache of the test session's own, not the user's.
+os.environ.setdefault('OHC_JAX_CACHE', tempfile.mkdtemp(prefix='ohc_jax_test_cache_'))
 
 import pytest  # noqa: E402
 

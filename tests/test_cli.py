@@ -79,6 +79,7 @@ INVALID = {
     'plots_every_epochs': ['-1'],
     'profile_steps': ['-1', 'x'],
     'eval_sample': ['-1'],
+    'eval_every_steps': ['-1'],
     'input_mode': ['disk'],
     'max_host_memory_gb': ['0', 'nan'],
 }

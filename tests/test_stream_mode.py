@@ -113,3 +113,17 @@ def test_stream_mode_errors_name_the_fix(data_dir, tmp_path):
     input_pipeline.load(_config(data_dir, max_examples=10))
   with pytest.raises(UsageError, match='streams tfds data sets, not'):
     input_pipeline.load(_config(data_dir, dataset='digits'))
+
+
+def test_a_single_pass_evaluated_every_few_steps(data_dir, tmp_path):
+  """The online setting: one pass over the stream, evaluated within it on the held-out split,
+  training unchanged by the evaluations."""
+  single = dict(num_epochs=1, protocol='holdout')  # 96 train points: 6 steps of 16.
+  plain = train.train_and_evaluate(_config(data_dir, **single), str(tmp_path / 'plain'))
+  every = train.train_and_evaluate(_config(data_dir, eval_every_steps=2, **single),
+                                   str(tmp_path / 'every'))
+  records = [json.loads(line) for line in (tmp_path / 'every' / 'metrics.jsonl').open()]
+  assert [(r['step'], r.get('partial', False)) for r in records] == [
+      (2, True), (4, True), (6, False)]
+  assert all(sum(r['hard_sizes']) == 32 for r in records)  # The test split, every time.
+  assert _strip(every)['final'] == _strip(plain)['final']
