@@ -5,7 +5,8 @@ images, streamed (never held), evaluated every 50 steps on the 10,000 held-out t
   python -m ohc_jax.main --workdir=runs/stream_cifar10 --config=stream_cifar10 \
       --config.data_dir=/tmp/tfds_ar
 
-Measured on the 2-core CPU (2026-12-03): see docs/results.md, "A single pass over a stream".
+Measured (2-core CPU, 2026-12-03): ACC 0.2365, NMI 0.1110 after the pass, 10/10 clusters, 57 s;
+docs/results.md, "A single pass over a stream", has every evaluation.
 """
 
 from ohc_jax.configuration import base_config
