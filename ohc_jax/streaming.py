@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ohc_jax.errors import UsageError
 from ohc_jax.input_pipeline import epoch_permutation
 
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
@@ -47,6 +48,7 @@ class ImageSource:
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     self._parse = example_pb2.Example.FromString
     self._keys = image_key, label_key
+    self._where = f'{dataset_dir} ({split})'
     self.image_shape = tuple(builder.info.features[image_key].shape)
     self.num_classes = builder.info.features[label_key].num_classes
     self.names = tuple(builder.info.features[label_key].names)
@@ -61,10 +63,19 @@ class ImageSource:
     images = np.empty((len(rows),) + self.image_shape, np.uint8)
     labels = np.empty(len(rows), np.int64)
     image_key, label_key = self._keys
-    for i, record in enumerate(self._records.__getitems__(rows.tolist())):
+    try:
+      records = self._records.__getitems__(rows.tolist())
+    except Exception as e:  # pylint: disable=broad-except  (array_record raises many kinds)
+      raise UsageError(f'{self._where}: cannot read records {rows.min()}-{rows.max()} '
+                       f'({type(e).__name__}): the files are truncated or damaged; prepare the '
+                       f'data set again') from None
+    for i, record in enumerate(records):
       feature = self._parse(record).features.feature
       image = cv2.imdecode(np.frombuffer(feature[image_key].bytes_list.value[0], np.uint8),
                            cv2.IMREAD_UNCHANGED)
+      if image is None or image.shape[:2] != self.image_shape[:2]:
+        raise UsageError(f'{self._where}: record {rows[i]} does not decode to a '
+                         f'{self.image_shape} image: prepare the data set again, or remove it')
       images[i] = image[..., ::-1] if image.ndim == 3 else image[..., None]  # OpenCV's BGR.
       labels[i] = feature[label_key].int64_list.value[0]
     return {'image': images, 'label': labels}

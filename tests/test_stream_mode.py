@@ -127,3 +127,27 @@ def test_a_single_pass_evaluated_every_few_steps(data_dir, tmp_path):
       (2, True), (4, True), (6, False)]
   assert all(sum(r['hard_sizes']) == 32 for r in records)  # The test split, every time.
   assert _strip(every)['final'] == _strip(plain)['final']
+
+
+def test_a_record_that_does_not_decode_stops_the_run_before_its_step(tmp_path):
+  """One line naming the data set, and no checkpoint past the last step that ran."""
+  import tensorflow_datasets as tfds
+  from tensorflow.core.example import example_pb2
+  directory = tmp_path / 'tiny_stream' / '1.0.0'
+  rng = np.random.default_rng(1)
+  images, labels = rng.integers(0, 256, (64, 8, 8, 3), np.uint8), rng.integers(0, 3, 64)
+  records = list(streaming.encode_examples(images, labels))
+  bad = example_pb2.Example.FromString(records[40])
+  bad.features.feature['image'].bytes_list.value[0] = b'not a png'
+  records[40] = bad.SerializeToString()
+  streaming.write_records(streaming.shard_path(str(directory), 'tiny_stream', 'train', 0, 1),
+                          records)
+  features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
+                                         'label': tfds.features.ClassLabel(num_classes=3)})
+  streaming.write_info(str(directory), 'tiny_stream', '1.0.0', {'train': [64]}, features)
+  config = _config(str(tmp_path), eval_split='train', checkpoint_every_steps=1, num_epochs=1)
+  with pytest.raises(UsageError, match=r'tiny_stream.*record 40 does not decode'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  failing = int(np.flatnonzero(input_pipeline.epoch_permutation(64, config.seed, 1) == 40)[0]) // 16
+  assert max(checkpoints.committed_steps(tmp_path / 'run'), default=0) <= failing
+  assert not (tmp_path / 'run' / 'results.json').exists()
