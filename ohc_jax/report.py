@@ -24,7 +24,7 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
   import jax
   import numpy as np
 
-  from ohc_jax import input_pipeline, plots, train
+  from ohc_jax import evaluation, input_pipeline, plots
   config = trained.config
   if data_dir:
     config.data_dir = data_dir
@@ -34,8 +34,8 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
   if tuple(shape) != expected:
     raise UsageError(f'the data set {config.dataset} now has inputs of shape {shape}, the run was '
                      f'trained on {expected}')
-  sample = train.eval_sample(config, len(data.eval))
-  outputs = train.evaluate(trained.eval_step, trained.state, data.eval, config, trained.mesh,
+  sample = evaluation.eval_sample(config, len(data.eval))
+  outputs = evaluation.evaluate(trained.eval_step, trained.state, data.eval, config, trained.mesh,
                            sample).outputs
   prior = np.exp(np.asarray(jax.device_get(trained.state.log_prior), np.float64))
   history = trained.meta.get('history') or []

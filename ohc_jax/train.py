@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from ohc_jax import (checkpoints, configuration, experiment, input_pipeline, interrupts,
                      logging_utils, metrics, probes, resume, sharding, timing)
-from ohc_jax.errors import NonFiniteError, UsageError  # NonFiniteError: train.NonFiniteError too.
+from ohc_jax.errors import NonFiniteError, UsageError
+from ohc_jax.evaluation import eval_sample, evaluate  # NonFiniteError: train.NonFiniteError too.
 
 
 def itstime(step: int, every: int, total: Optional[int] = None) -> bool:
@@ -58,48 +58,6 @@ class Position:
             'class_names': list(data.class_names), 'num_classes': int(data.num_classes),
             'input_shape': list(spec.shape), 'input_dtype': spec.dtype, 'scale': spec.scale,
             'offset': spec.offset, 'config': resume.jsonable_config(exp.config)}
-
-
-@dataclasses.dataclass
-class Evaluation:
-  """One pass over an evaluation split: the metrics' accumulator (contingency table and soft sizes,
-  which do not grow with the split) and the eval step's outputs with each point's label for the
-  rows kept (`sample`; all by default), for probes, plots and re-estimating covariances."""
-  accumulator: metrics.Accumulator
-  outputs: dict
-
-
-def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray] = None):
-  """Point-wise argmin labels over a split (combination assignment batch by batch with
-  config.constrained_eval), batch by batch; the outputs kept (rows `sample`, sorted, or all) are
-  gathered to every process as NumPy arrays."""
-  acc, kept, start = metrics.Accumulator(config.num_clusters), [], 0
-  for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
-                                                  jax.process_index(), jax.process_count()):
-    labels = batch.pop('label')
-    out = eval_step(state, sharding.to_global(batch, mesh))
-    out = multihost_utils.process_allgather({**out, 'label': labels}, tiled=True)
-    if 'constrained' in out:
-      out['cluster'] = out.pop('constrained')
-    acc.add(out['label'], out['cluster'], out['soft'], valid)
-    rows = (np.arange(valid) if sample is None else
-            sample[(sample >= start) & (sample < start + valid)] - start)
-    kept.append({key: value[rows] for key, value in out.items()})
-    start += valid
-  return Evaluation(acc, {key: np.concatenate([k[key] for k in kept]) for key in kept[0]})
-
-
-def eval_sample(config, n: int) -> Optional[np.ndarray]:
-  """The evaluation rows whose outputs are kept (config.eval_sample of the n, seeded, sorted), or
-  None for all of them (eval_sample 0: all in memory mode, STREAM_EVAL_SAMPLE streaming)."""
-  size = config.eval_sample or (STREAM_EVAL_SAMPLE if input_pipeline.input_mode(config) == 'stream'
-                                else n)
-  if size >= n:
-    return None
-  return np.sort(np.random.default_rng([config.seed, 11]).choice(n, size, replace=False))
-
-
-STREAM_EVAL_SAMPLE = 10_000
 
 
 def _raise_if_bad(state) -> None:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import assign, costs as cost_fns, input_pipeline, methods, models, train
+from ohc_jax import assign, costs as cost_fns, evaluation, input_pipeline, methods, models, train
 from ohc_jax.errors import UsageError
 from ohc_jax.inference import load_trained
 
@@ -66,7 +66,7 @@ def test_constrained_eval_is_combination_assignment_batch_by_batch(digits_config
   digits_config.eval_batch_size = 200  # 1797 points: the last batch is padded.
   data, exp, state = build(digits_config)
   model = exp.model
-  out = train.evaluate(exp.eval_step, state, data.eval, digits_config, exp.mesh).outputs
+  out = evaluation.evaluate(exp.eval_step, state, data.eval, digits_config, exp.mesh).outputs
   assert out['cluster'].shape == (len(data.eval),)
   expected = []
   for start in range(0, len(data.eval), 200):

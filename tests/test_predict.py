@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ohc_jax import configuration, input_pipeline, predict, train
+from ohc_jax import configuration, evaluation, input_pipeline, predict, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.inference import load_trained
 
@@ -40,7 +40,7 @@ def run(tmp_path_factory):
   np.save(root / 'images.npy', images[..., 0])  # (N, 8, 8): the channel axis may be left out.
   trained = load_trained(str(workdir))
   split = input_pipeline.Split(images, np.zeros(N, np.int64))
-  reference = train.evaluate(trained.eval_step, trained.state, split, trained.config,
+  reference = evaluation.evaluate(trained.eval_step, trained.state, split, trained.config,
                              trained.mesh).outputs
   return {'workdir': workdir, 'root': root, 'folder': folder, 'reference': reference,
           'map': json.loads((workdir / 'cluster_map.json').read_text())}

@@ -1,0 +1,53 @@
+"""Evaluation over a split held in memory or streamed: metrics accumulated batch by batch, the
+outputs of a bounded, seeded sample kept for probes, plots and covariances."""
+
+import dataclasses
+from typing import Optional
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ohc_jax import input_pipeline, metrics, sharding
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """One pass over an evaluation split: the metrics' accumulator (contingency table and soft sizes,
+  which do not grow with the split) and the eval step's outputs with each point's label for the
+  rows kept (`sample`; all by default), for probes, plots and re-estimating covariances."""
+  accumulator: metrics.Accumulator
+  outputs: dict
+
+
+def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray] = None):
+  """Point-wise argmin labels over a split (combination assignment batch by batch with
+  config.constrained_eval), batch by batch; the outputs kept (rows `sample`, sorted, or all) are
+  gathered to every process as NumPy arrays."""
+  acc, kept, start = metrics.Accumulator(config.num_clusters), [], 0
+  for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
+                                                  jax.process_index(), jax.process_count()):
+    labels = batch.pop('label')
+    out = eval_step(state, sharding.to_global(batch, mesh))
+    out = multihost_utils.process_allgather({**out, 'label': labels}, tiled=True)
+    if 'constrained' in out:
+      out['cluster'] = out.pop('constrained')
+    acc.add(out['label'], out['cluster'], out['soft'], valid)
+    rows = (np.arange(valid) if sample is None else
+            sample[(sample >= start) & (sample < start + valid)] - start)
+    kept.append({key: value[rows] for key, value in out.items()})
+    start += valid
+  return Evaluation(acc, {key: np.concatenate([k[key] for k in kept]) for key in kept[0]})
+
+
+def eval_sample(config, n: int) -> Optional[np.ndarray]:
+  """The evaluation rows whose outputs are kept (config.eval_sample of the n, seeded, sorted), or
+  None for all of them (eval_sample 0: all in memory mode, STREAM_EVAL_SAMPLE streaming)."""
+  size = config.eval_sample or (STREAM_EVAL_SAMPLE if input_pipeline.input_mode(config) == 'stream'
+                                else n)
+  if size >= n:
+    return None
+  return np.sort(np.random.default_rng([config.seed, 11]).choice(n, size, replace=False))
+
+
+STREAM_EVAL_SAMPLE = 10_000
