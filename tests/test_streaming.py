@@ -102,7 +102,7 @@ def test_reads_ahead_by_at_most_prefetch_batches():
 
 
 @pytest.mark.parametrize('global_batch, process_count', [(32, 1), (32, 2), (16, 4)])
-def test_eval_batches_equal_memory_modes_with_labels(image_set, global_batch, process_count):
+def test_eval_batches_equal_memory_modes_labels_included(image_set, global_batch, process_count):
   root, split = image_set
   source = streaming.ImageSource(root, 'train')
   for index in range(process_count):
@@ -112,6 +112,7 @@ def test_eval_batches_equal_memory_modes_with_labels(image_set, global_batch, pr
     local, labels = global_batch // process_count, []
     for (got, _), (want, _) in zip(stream, memory):
       label = got.pop('label')
+      np.testing.assert_array_equal(label, want.pop('label'))  # Memory mode's labels too.
       _equal_batches([got], [want])
       assert len(label) == local and not label[~want['valid']].any()  # Padding labels are 0.
       labels.append(label[want['valid']])
