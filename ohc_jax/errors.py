@@ -4,6 +4,11 @@ here, free of JAX and TensorFlow, so that the wrapper can catch them without loa
 import signal
 
 
+def first_line(e: Exception) -> str:
+  """'Type: first line of the message' of an exception, for a one-line error."""
+  return f'{type(e).__name__}: {str(e).splitlines()[0]}' if str(e) else type(e).__name__
+
+
 class UsageError(Exception):
   """Bad input from the user: the message names the problem and the fix. Exit code 2."""
 

@@ -12,7 +12,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 from ohc_jax import imbalance, readers
-from ohc_jax.errors import UsageError
+from ohc_jax.errors import UsageError, first_line
 
 
 class Windows:
@@ -245,9 +245,8 @@ def _load_stream(config) -> Data:
     sources = [streaming.ImageSource(directory, s, config.image_key, config.label_key)
                for s in splits]
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
-    raise UsageError(f'cannot stream {name} from {directory} ({type(e).__name__}: '
-                     f'{str(e).splitlines()[0] if str(e) else ""}): check the split and key '
-                     f'fields, or set --config.input_mode=memory') from None
+    raise UsageError(f'cannot stream {name} from {directory} ({first_line(e)}): check the split '
+                     f'and key fields, or set --config.input_mode=memory') from None
   if len(sources) == 1:
     train = test = sources[0]
   elif config.protocol == 'paper':

@@ -15,14 +15,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ohc_jax.errors import UsageError
+from ohc_jax.errors import UsageError, first_line
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 ARRAY_CONVENTION = 'x (inputs), y (labels) and optionally ids (row names)'
-
-
-def _first_line(e: Exception) -> str:
-  return f'{type(e).__name__}: {str(e).splitlines()[0]}' if str(e) else type(e).__name__
 
 
 def _load(path: str):
@@ -30,7 +26,7 @@ def _load(path: str):
     return np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
     raise UsageError(f'cannot read {path} as {"a .npz" if path.endswith(".npz") else "an .npy"} '
-                     f'file ({_first_line(e)}): write it with numpy.save or numpy.savez') from None
+                     f'file ({first_line(e)}): write it with numpy.save or numpy.savez') from None
 
 
 def read_arrays(path: str, labels: bool) -> tuple[np.ndarray, Optional[np.ndarray],
@@ -55,7 +51,7 @@ def read_arrays(path: str, labels: bool) -> tuple[np.ndarray, Optional[np.ndarra
       return (loaded['x'], loaded['y'] if labels else None,
               loaded['ids'] if 'ids' in loaded.files else None)
     except (OSError, ValueError, EOFError) as e:
-      raise UsageError(f'cannot read the arrays of {path} ({_first_line(e)})') from None
+      raise UsageError(f'cannot read the arrays of {path} ({first_line(e)})') from None
 
 
 def image_files(folder: str) -> list[str]:
@@ -73,7 +69,7 @@ def read_image(path: str, channels: int) -> np.ndarray:
     with Image.open(path) as image:
       array = np.asarray(image.convert('L' if channels == 1 else 'RGB'))
   except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-    raise UsageError(f'cannot read the image {path} ({_first_line(e)}): fix or remove it') from None
+    raise UsageError(f'cannot read the image {path} ({first_line(e)}): fix or remove it') from None
   return array[..., None] if array.ndim == 2 else array
 
 

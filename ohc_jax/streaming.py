@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ohc_jax.errors import UsageError
-from ohc_jax.input_pipeline import epoch_permutation
+from ohc_jax.input_pipeline import epoch_permutation, pad_rows
 
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
@@ -170,10 +170,9 @@ def eval_batches(source, global_batch: int, process_index: int = 0, process_coun
   lo = lambda start: start + process_index * local
   rows = (np.arange(lo(s), min(lo(s) + local, s + global_batch, n)) for s in starts)
   for start, batch in zip(starts, _read_ahead(source.read, rows, threads, prefetch)):
-    real = len(batch['label'])
-    pad = lambda a: np.concatenate([a, np.zeros((local - real,) + a.shape[1:], a.dtype)])
-    yield ({'image': pad(batch['image']), 'label': pad(batch['label']),
-            'valid': np.arange(local) < real}, min(global_batch, n - start))
+    images, valid = pad_rows(batch['image'], local)
+    yield ({'image': images, 'label': pad_rows(batch['label'], local)[0], 'valid': valid},
+           min(global_batch, n - start))
 
 
 def shard_path(dataset_dir: str, name: str, split: str, index: int, count: int) -> str:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ohc_jax.errors import UsageError
+from ohc_jax.errors import UsageError, first_line
 
 _FORMAT = 2  # Bumped when the cached files change form.
 
@@ -93,10 +93,6 @@ def load(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
   return _open(child.stdout.strip().splitlines()[-1])
 
 
-def _first_line(e: Exception) -> str:
-  return f'{type(e).__name__}: {str(e).splitlines()[0]}' if str(e) else type(e).__name__
-
-
 def _resize(image, size: int):
   """The image's shorter side resized to `size` (bilinear, antialiased when shrinking), then its
   central size x size crop, as uint8: google/flax's examples/imagenet evaluation crop without its
@@ -141,7 +137,7 @@ def _decode(name, splits, data_dir, fix, label_key, download, image_key, image_s
     raise UsageError(f'data set {name!r} is not prepared under {data_dir}: {fix} '
                      f'({type(e).__name__})') from None
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
-    raise UsageError(f'cannot load {name}:{splits} from tfds ({_first_line(e)}): {fix}') from None
+    raise UsageError(f'cannot load {name}:{splits} from tfds ({first_line(e)}): {fix}') from None
   features = builder.info.features
   for key, field in zip(keys, ('image_key', 'label_key')):
     if key not in features:
