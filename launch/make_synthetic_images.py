@@ -2,6 +2,7 @@ r"""Writes a synthetic image set of any size as a tfds data set in ArrayRecord (
 classes, one 'train' split), for measuring streaming beyond memory. Never commit its output.
 
   python launch/make_synthetic_images.py --out=/tmp/tfds_ar/synthetic/1.0.0 --num=1200000
+  python launch/make_synthetic_images.py --out=/tmp/tfds_ar/synthetic_raw/1.0.0 --encoding=raw
 
 Each class is a random coarse (4x4) colour pattern; each image that pattern plus noise. Shards of
 --shard_size images are made and written one at a time (memory bounded by a shard), each from
@@ -34,10 +35,10 @@ def shard(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write(args) -> None:
-  out, seed, index, size, count = args
+  out, seed, index, size, count, encoding = args
   images, labels = shard(seed, index, size)
   streaming.write_records(streaming.shard_path(out, NAME, 'train', index, count),
-                          streaming.encode_examples(images, labels))
+                          streaming.encode_examples(images, labels, encoding))
 
 
 def main(argv=None):
@@ -47,17 +48,17 @@ def main(argv=None):
   parser.add_argument('--shard_size', type=int, default=50_000)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--workers', type=int, default=1)
+  parser.add_argument('--encoding', choices=('png', 'raw'), default='png',
+                      help='how images are stored: PNG, as tfds prepares them, or raw bytes')
   args = parser.parse_args(argv)
-  import tensorflow_datasets as tfds
   sizes = [min(args.shard_size, args.num - s) for s in range(0, args.num, args.shard_size)]
-  jobs = [(args.out, args.seed, i, size, len(sizes)) for i, size in enumerate(sizes)]
+  jobs = [(args.out, args.seed, i, size, len(sizes), args.encoding)
+          for i, size in enumerate(sizes)]
   with multiprocessing.get_context('spawn').Pool(args.workers) as pool:
     for _ in pool.imap_unordered(_write, jobs):
       pass
-  features = tfds.features.FeaturesDict({
-      'image': tfds.features.Image(shape=(32, 32, 3)),
-      'label': tfds.features.ClassLabel(num_classes=CLASSES)})
-  streaming.write_info(args.out, NAME, '1.0.0', {'train': sizes}, features)
+  streaming.write_info(args.out, NAME, '1.0.0', {'train': sizes},
+                       streaming.image_features((32, 32, 3), CLASSES, args.encoding))
 
 
 if __name__ == '__main__':

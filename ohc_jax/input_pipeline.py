@@ -204,7 +204,9 @@ def input_mode(config) -> str:
     info = json.load(f)
   examples = sum(int(n) for s in info.get('splits', []) for n in s.get('shardLengths', []))
   shape = _stored_image_shape(directory, config.image_key)
-  decoded = examples * int(np.prod(shape)) if shape else 0
+  if shape and config.image_size:
+    shape = [config.image_size, config.image_size, shape[-1]]
+  decoded = examples * int(np.prod(shape)) if shape and min(shape) > 0 else 0
   return 'stream' if decoded > config.max_host_memory_gb * 2**30 else 'memory'
 
 
@@ -212,8 +214,9 @@ def _stored_image_shape(directory: str, image_key: str):
   try:
     with open(os.path.join(directory, 'features.json')) as f:
       features = json.load(f)['featuresDict']['features']
-    dims = features[image_key]['image']['shape']['dimensions']
-    return [int(d) for d in dims] if all(int(d) > 0 for d in dims) else None
+    feature = features[image_key]
+    dims = (feature.get('image') or feature['tensor'])['shape']['dimensions']
+    return [int(d) for d in dims]  # -1: a size that varies.
   except (OSError, KeyError, ValueError, TypeError):
     return None
 
@@ -231,7 +234,7 @@ def _load_stream(config) -> Data:
   if name is None:
     raise UsageError(f'input_mode=stream streams tfds data sets, not {config.dataset!r}: set '
                      f'--config.input_mode=memory')
-  for field in ('image_size', 'max_examples', 'imbalance'):
+  for field in ('max_examples', 'imbalance'):
     if config[field]:
       raise UsageError(f'{field} is not available in stream mode: set --config.{field}=0 or '
                        f'--config.input_mode=memory')
@@ -242,8 +245,10 @@ def _load_stream(config) -> Data:
                      f'--config.input_mode=memory')
   try:
     splits = dict.fromkeys((config.train_split, config.eval_split))
-    sources = [streaming.ImageSource(directory, s, config.image_key, config.label_key)
-               for s in splits]
+    sources = [streaming.ImageSource(directory, s, config.image_key, config.label_key,
+                                     config.image_size) for s in splits]
+  except UsageError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
     raise UsageError(f'cannot stream {name} from {directory} ({first_line(e)}): check the split '
                      f'and key fields, or set --config.input_mode=memory') from None

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ohc_jax import readers
 from ohc_jax.errors import UsageError
 from ohc_jax.input_pipeline import epoch_permutation, pad_rows
 
@@ -37,29 +38,70 @@ _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
 class ImageSource:
   """A split of a tfds data set stored as ArrayRecord (a data dir's NAME/VERSION folder): its
-  length and decoded batches by index."""
+  length and decoded batches by index. Images are decoded (PNG, JPEG) or, stored raw, read as
+  they are; image_size N > 0 resizes each to N x N (readers.resize_crop, as memory mode does)."""
 
   def __init__(self, dataset_dir: str, split: str, image_key: str = 'image',
-               label_key: str = 'label'):
+               label_key: str = 'label', image_size: int = 0):
     import tensorflow_datasets as tfds
     from tensorflow.core.example import example_pb2
     builder = tfds.builder_from_directory(dataset_dir)
+    self._where = f'{dataset_dir} ({split})'
+    features = builder.info.features
+    for key, field in ((image_key, 'image_key'), (label_key, 'label_key')):
+      if key not in features:
+        raise UsageError(f'{self._where} has no feature {key!r} (it has {", ".join(features)}): '
+                         f'set --config.{field}= to one of them')
+    self._encoding = readers.image_encoding(features[image_key])
+    if self._encoding is None:
+      raise UsageError(f'{self._where}: the feature {image_key!r} is a '
+                       f'{type(features[image_key]).__name__}, not an image: set '
+                       f'--config.image_key= to an image feature')
+    self._stored = tuple(features[image_key].shape)
+    if None in self._stored[:2] and not image_size:
+      raise UsageError(f'{self._where}: the images vary in size ({self._stored}): set '
+                       f'--config.image_size=N to resize them to N x N')
     self._records = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     self._parse = example_pb2.Example.FromString
-    self._keys = image_key, label_key
-    self._where = f'{dataset_dir} ({split})'
-    self.image_shape = tuple(builder.info.features[image_key].shape)
-    self.num_classes = builder.info.features[label_key].num_classes
-    self.names = tuple(builder.info.features[label_key].names)
+    self._decode = self.decoder(self._stored)
+    self._keys, self._size = (image_key, label_key), image_size
+    self.image_shape = (image_size, image_size, self._stored[-1]) if image_size else self._stored
+    self.num_classes = features[label_key].num_classes
+    self.names = tuple(features[label_key].names)
     self.shape, self.dtype = (len(self),) + self.image_shape, np.dtype(np.uint8)
 
   def __len__(self):
     return len(self._records)
 
+  @staticmethod
+  def decoder(shape: tuple) -> Callable[[bytes], np.ndarray | None]:
+    """PNG or JPEG bytes -> a (H, W, C) uint8 image of `shape`'s channels, as tfds decodes them
+    (OpenCV: 1.5-2x tfds's decoding), or None when they do not decode."""
+    import cv2
+    grey = shape[-1] == 1
+    flag = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
+
+    def decode(data: bytes):
+      image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+      if image is None:
+        return None
+      return image[..., None] if grey else np.ascontiguousarray(image[..., ::-1])  # From BGR.
+    return decode
+
+  def _image(self, data: bytes) -> np.ndarray | None:
+    """A record's image as image_shape, or None when it does not decode to one."""
+    if self._encoding == 'raw':
+      image = np.frombuffer(data, np.uint8)
+      image = image.reshape(self._stored) if image.size == np.prod(self._stored) else None
+    else:
+      image = self._decode(data)
+    if image is not None and self._size:
+      image = readers.resize_crop(image, self._size)
+    return image if image is not None and image.shape == self.image_shape else None
+
   def read(self, rows: np.ndarray) -> dict:
     """{'image': (B, H, W, C) uint8, 'label': (B,) int64} of the rows, in their order."""
-    import cv2
     images = np.empty((len(rows),) + self.image_shape, np.uint8)
     labels = np.empty(len(rows), np.int64)
     image_key, label_key = self._keys
@@ -71,12 +113,11 @@ class ImageSource:
                        f'data set again') from None
     for i, record in enumerate(records):
       feature = self._parse(record).features.feature
-      image = cv2.imdecode(np.frombuffer(feature[image_key].bytes_list.value[0], np.uint8),
-                           cv2.IMREAD_UNCHANGED)
-      if image is None or image.shape[:2] != self.image_shape[:2]:
+      image = self._image(feature[image_key].bytes_list.value[0])
+      if image is None:
         raise UsageError(f'{self._where}: record {rows[i]} does not decode to a '
                          f'{self.image_shape} image: prepare the data set again, or remove it')
-      images[i] = image[..., ::-1] if image.ndim == 3 else image[..., None]  # OpenCV's BGR.
+      images[i] = image
       labels[i] = feature[label_key].int64_list.value[0]
     return {'image': images, 'label': labels}
 
@@ -205,14 +246,31 @@ def write_info(dataset_dir: str, name: str, version: str, splits: dict[str, list
   features.save_config(dataset_dir)
 
 
-def encode_examples(images: np.ndarray, labels: np.ndarray) -> Iterator[bytes]:
-  """Serialized tf.train.Examples as tfds stores Image and ClassLabel features (PNG, int64)."""
+def image_features(shape: tuple[int, ...], num_classes: int, encoding: str = 'png'):
+  """The tfds FeaturesDict of an image set: 'png' an Image (what tfds prepares), 'raw' a uint8
+  Tensor of raw bytes (larger on disk, read without decoding: streaming's fastest form)."""
+  import tensorflow_datasets as tfds
+  image = (tfds.features.Image(shape=shape) if encoding == 'png' else
+           tfds.features.Tensor(shape=shape, dtype=np.uint8,
+                                encoding=tfds.features.Encoding.BYTES))
+  return tfds.features.FeaturesDict({'image': image,
+                                     'label': tfds.features.ClassLabel(num_classes=num_classes)})
+
+
+def encode_examples(images: np.ndarray, labels: np.ndarray,
+                    encoding: str = 'png') -> Iterator[bytes]:
+  """Serialized tf.train.Examples as tfds stores `image_features` (image: PNG or raw bytes;
+  label: int64)."""
   import cv2
   from tensorflow.core.example import example_pb2
   for image, label in zip(images, labels):
-    ok, png = cv2.imencode('.png', image[..., ::-1] if image.shape[-1] == 3 else image)
-    assert ok
+    if encoding == 'raw':
+      data = np.ascontiguousarray(image, np.uint8).tobytes()
+    else:
+      ok, png = cv2.imencode('.png', image[..., ::-1] if image.shape[-1] == 3 else image)
+      assert ok
+      data = png.tobytes()
     example = example_pb2.Example()
-    example.features.feature['image'].bytes_list.value.append(png.tobytes())
+    example.features.feature['image'].bytes_list.value.append(data)
     example.features.feature['label'].int64_list.value.append(int(label))
     yield example.SerializeToString()

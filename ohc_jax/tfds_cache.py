@@ -19,7 +19,7 @@ import numpy as np
 
 from ohc_jax.errors import UsageError, first_line
 
-_FORMAT = 2  # Bumped when the cached files change form.
+_FORMAT = 3  # Bumped when the cached files change form or content (3: readers.resize_crop).
 
 
 def cache_root() -> str:
@@ -94,16 +94,12 @@ def load(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
 
 
 def _resize(image, size: int):
-  """The image's shorter side resized to `size` (bilinear, antialiased when shrinking), then its
-  central size x size crop, as uint8: google/flax's examples/imagenet evaluation crop without its
-  32-pixel margin, so the whole shorter side is kept."""
+  """readers.resize_crop in tf.data (one resize for memory and stream mode)."""
   import tensorflow as tf
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scaled = tf.maximum(tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32), size)
-  image = tf.image.resize(image, scaled, antialias=True)
-  top, left = (scaled[0] - size) // 2, (scaled[1] - size) // 2
-  image = image[top:top + size, left:left + size]
-  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  from ohc_jax import readers
+  resized = tf.numpy_function(lambda x: readers.resize_crop(x, size), [image], tf.uint8,
+                              stateful=False)
+  return tf.ensure_shape(resized, (size, size, image.shape[-1]))
 
 
 def _decode(name, splits, data_dir, fix, label_key, download, image_key, image_size,
@@ -113,6 +109,7 @@ def _decode(name, splits, data_dir, fix, label_key, download, image_key, image_s
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   import tensorflow_datasets as tfds
+  from ohc_jax import readers
   image_size = int(image_size)
   parts, keys = splits.split('+'), (image_key, label_key) if label_key else (image_key,)
   try:
@@ -144,7 +141,7 @@ def _decode(name, splits, data_dir, fix, label_key, download, image_key, image_s
       raise UsageError(f'tfds {name} has no feature {key!r} (it has {", ".join(features)}): set '
                        f'--config.{field}= to one of them')
   image = features[image_key]
-  if not isinstance(image, tfds.features.Image):
+  if readers.image_encoding(image) is None:
     raise UsageError(f'tfds {name}\'s feature {image_key!r} is a {type(image).__name__}, not an '
                      f'Image: set --config.image_key= to an image feature')
   if None in image.shape[:2] and not image_size:
