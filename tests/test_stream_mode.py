@@ -1,11 +1,15 @@
 """input_mode=stream: a tfds ArrayRecord set read by index gives the metrics memory mode gives on
-the same arrays, resumes exactly after SIGKILL, and is chosen by input_mode=auto by size."""
+the same arrays, resumes exactly after SIGKILL, is chosen by input_mode=auto by size, and split
+over two processes each reads its own rows alone."""
 
+import collections
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -151,3 +155,153 @@ def test_a_record_that_does_not_decode_stops_the_run_before_its_step(tmp_path):
   failing = int(np.flatnonzero(input_pipeline.epoch_permutation(64, config.seed, 1) == 40)[0]) // 16
   assert max(checkpoints.committed_steps(tmp_path / 'run'), default=0) <= failing
   assert not (tmp_path / 'run' / 'results.json').exists()
+
+
+# ohc_jax.main with every ImageSource.read logged: `python DRIVER LOG FLAGS...` appends a line
+# [split, rows] to LOG for each read, then runs as `python -m ohc_jax.main FLAGS...` does (the
+# test below logs its in-process run the same way).
+_LOGGING_MAIN = """
+import json
+import sys
+import threading
+
+from ohc_jax import cli  # First, as in ohc_jax.main: quiets TensorFlow and XLA.
+from ohc_jax import main, streaming
+
+log, lock = open(sys.argv.pop(1), 'a'), threading.Lock()
+init, read = streaming.ImageSource.__init__, streaming.ImageSource.read
+
+
+def logged_init(self, dataset_dir, split, *args, **kwargs):
+  init(self, dataset_dir, split, *args, **kwargs)
+  self.logged_split = split
+
+
+def logged_read(self, rows):
+  with lock:  # Batches are read on a thread pool.
+    log.write(json.dumps([self.logged_split, [int(r) for r in rows]]) + '\\n')
+    log.flush()
+  return read(self, rows)
+
+
+streaming.ImageSource.__init__, streaming.ImageSource.read = logged_init, logged_read
+cli.main(main.train, main.parse_flags)
+"""
+
+
+def _free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  try:
+    for s in sockets:
+      s.bind(('127.0.0.1', 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def _reads(log):
+  """{split: [rows of each read, as a tuple]} of a read log."""
+  reads = collections.defaultdict(list)
+  for line in log.read_text().splitlines():
+    split, rows = json.loads(line)
+    reads[split].append(tuple(rows))
+  return reads
+
+
+def _by_batch(reads, batches):
+  """{k: the read of batches[k]}: each read lies within a batch (the first one not yet matched,
+  reads being logged in order but for the few read ahead), one read a batch."""
+  matched = {}
+  for r in reads:
+    k = next((k for k, b in enumerate(batches) if k not in matched and set(r) <= set(b)), None)
+    assert k is not None, f'read {r} is in no batch, or in one already read'
+    matched[k] = r
+  assert sorted(matched) == list(range(len(batches))), sorted(matched)
+  return matched
+
+
+def test_two_processes_stream_their_own_rows_and_match_one_process(data_dir, tmp_path,
+                                                                    monkeypatch):
+  """Two processes on loopback (2 CPU devices each) in stream mode, run twice, and one process
+  with 4 devices: each of the two reads only its part of every global batch (training) and of
+  every evaluation batch, the parts making the batches; the runs give the same numbers."""
+  # holdout: training reads only the train split (96: 6 steps of 16), evaluation only the test
+  # split (32: batches 12, 12 and a padded 8), so each read's split says what it was for.
+  overrides = dict(OVERRIDES, protocol='holdout', eval_batch_size=12)
+  flags = [f'--config.{k}={v}' for k, v in overrides.items()] + [
+      f'--config.data_dir={data_dir}', '--config.progress_bar=False',
+      '--config.plots_every_epochs=0']  # Plots would read the evaluation split.
+  (tmp_path / 'logging_main.py').write_text(_LOGGING_MAIN)
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+
+  def start(name, process, port):
+    out = tmp_path / f'{name}{process}'  # .reads, .out, .err: not pipes, which could fill.
+    with open(f'{out}.out', 'w') as stdout, open(f'{out}.err', 'w') as stderr:
+      return subprocess.Popen(
+          [sys.executable, str(tmp_path / 'logging_main.py'), f'{out}.reads',
+           f'--workdir={tmp_path / name}', *flags, '--config.distributed=True',
+           f'--config.coordinator_address=127.0.0.1:{port}', '--config.num_processes=2',
+           f'--config.process_id={process}'], cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+
+  names = ('multi', 'again')  # Both pairs at once, and meanwhile the single process here.
+  procs = {(name, i): start(name, i, port)
+           for name, port in zip(names, _free_ports(2)) for i in range(2)}
+  try:
+    single_reads, lock = collections.defaultdict(list), threading.Lock()
+    init, read = streaming.ImageSource.__init__, streaming.ImageSource.read
+
+    def logged_init(self, dataset_dir, split, *args, **kwargs):
+      init(self, dataset_dir, split, *args, **kwargs)
+      self.logged_split = split
+
+    def logged_read(self, rows):
+      with lock:
+        single_reads[self.logged_split].append(tuple(int(r) for r in rows))
+      return read(self, rows)
+
+    monkeypatch.setattr(streaming.ImageSource, '__init__', logged_init)
+    monkeypatch.setattr(streaming.ImageSource, 'read', logged_read)
+    train.train_and_evaluate(_config(data_dir, num_devices=4, **overrides),
+                             str(tmp_path / 'single'))
+    for (name, i), proc in procs.items():
+      proc.wait(timeout=300)
+      assert proc.returncode == 0, (f'{name} process {i}: '
+                                    f'{(tmp_path / f"{name}{i}.err").read_text()[-3000:]}')
+  finally:  # A process that failed can leave its partner waiting for it.
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  results = {name: json.loads((tmp_path / name / 'results.json').read_text())
+             for name in (*names, 'single')}
+
+  seed, epochs = _config(data_dir).seed, overrides['num_epochs']
+  train_batches = [input_pipeline.epoch_permutation(96, seed, epoch).reshape(6, 16)[step]
+                   for epoch in range(1, epochs + 1) for step in range(6)]
+  eval_batches = [np.arange(start, min(start + 12, 32)) for start in (0, 12, 24)] * epochs
+  for name in names:
+    reads = [_reads(tmp_path / f'{name}{i}.reads') for i in range(2)]
+    assert all(set(r) == {'train', 'test'} for r in reads)
+    for batches, split, local in ((train_batches, 'train', 8), (eval_batches, 'test', 6)):
+      mine = [_by_batch(r[split], batches) for r in reads]  # Nothing read beyond the batches.
+      for k, batch in enumerate(batches):
+        first, second = mine[0][k], mine[1][k]
+        assert not set(first) & set(second) and set(first) | set(second) == set(batch)
+        assert first == tuple(batch[:local]) and second == tuple(batch[local:])  # In order.
+      size, per_epoch = len(set().union(*batches)), len(batches) // epochs
+      for epoch in range(epochs):  # Each reads part of the split; the two, all of it.
+        rows = [set().union(*(m[k] for k in range(epoch * per_epoch, (epoch + 1) * per_epoch)))
+                for m in mine]
+        assert not rows[0] & rows[1] and len(rows[0] | rows[1]) == size
+        assert 0 < len(rows[0]) < size and 0 < len(rows[1]) < size
+  assert sorted(single_reads['train']) == sorted(map(tuple, train_batches))  # Whole batches.
+  assert sorted(single_reads['test']) == sorted(map(tuple, eval_batches))
+
+  assert _strip(results['multi']) == _strip(results['again'])
+  multi, one = results['multi']['final'], results['single']['final']
+  assert multi['step'] == one['step'] == 12 and sum(one['hard_sizes']) == 32
+  assert multi['train_loss'] == pytest.approx(one['train_loss'], rel=1e-5)
+  assert multi['hard_sizes'] == one['hard_sizes']
+  assert multi['acc'] == one['acc'] and multi['nmi'] == pytest.approx(one['nmi'])
