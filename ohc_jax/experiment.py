@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from ohc_jax import costs, imbalance, models, sharding, steps
+from ohc_jax import costs, imbalance, input_pipeline, models, sharding, steps
 from ohc_jax.methods import make_method
 from ohc_jax.train_state import TrainState, create_train_state, make_optimizer
 
@@ -29,7 +29,8 @@ class InputSpec:
   @classmethod
   def of(cls, data) -> 'InputSpec':
     """The spec of an input_pipeline.Data."""
-    images = getattr(data.train, 'images', data.train)  # A streaming source has shape and dtype.
+    # A streaming source has the shape and dtype it reads (a mapped file's may be another).
+    images = data.train.images if isinstance(data.train, input_pipeline.Split) else data.train
     return cls(tuple(int(d) for d in images.shape[1:]), str(images.dtype), float(data.scale),
                float(data.offset), len(data.train))
 

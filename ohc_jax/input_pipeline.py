@@ -1,5 +1,7 @@
 """Data: tfds data sets, RealDisp, vector files, image folders and scikit-learn's digits, decoded
-once into memory (by ohc_jax.readers) and fed by NumPy: TensorFlow loads only for tfds data."""
+once into memory (by ohc_jax.readers) or, in stream mode, read by index (tfds ArrayRecord sets,
+vectors:FILE.npy memory-mapped: streaming.py), and fed by NumPy: TensorFlow loads only for tfds
+data."""
 
 import collections
 import concurrent.futures
@@ -114,18 +116,25 @@ def _classes(labels: np.ndarray, path: str):
   return labels.astype(np.int64), tuple(str(v) for v in values)
 
 
-def _load_vectors(config) -> _Loaded:
-  """`vectors:FILE.npz` or `vectors:FILE.npy` (readers.read_arrays: x (N, D), labels y): e.g. text
-  embeddings such as the reference's tweets (docs/fidelity.md)."""
+def _read_vectors(config, mmap: bool = False):
+  """(x (N, D) numeric, labels 0..C-1, class names) of config.dataset's vectors file, checked; x
+  memory-mapped when `mmap`."""
   path = config.dataset.removeprefix('vectors:')
   if not (path.endswith(('.npz', '.npy')) and os.path.isfile(path)):
     raise UsageError(f'vectors:{path}: no such .npz or .npy file; give vectors:FILE.npz (holding '
                      f'{readers.ARRAY_CONVENTION}) or vectors:FILE.npy (with FILE_labels.npy)')
-  x, y, _ = readers.read_arrays(path, labels=True)
+  x, y, _ = readers.read_arrays(path, labels=True, mmap=mmap)
   if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or len(x) != len(y):
     raise UsageError(f'{path}: x must be a numeric (points, features) array with one label in y '
                      f'per row, got x {x.dtype} {x.shape} and y {y.shape}')
-  labels, names = _classes(y, path)
+  return (x, *_classes(y, path))
+
+
+def _load_vectors(config) -> _Loaded:
+  """`vectors:FILE.npz` or `vectors:FILE.npy` (readers.read_arrays: x (N, D), labels y) read into
+  memory as float32 (stream mode memory-maps a .npy instead: _stream_vectors): e.g. text
+  embeddings such as the reference's tweets (docs/fidelity.md)."""
+  x, labels, names = _read_vectors(config)
   return _Loaded(Split(x.astype(np.float32, copy=False), labels), None, len(names), 1.0, 0.0,
                  names)
 
@@ -192,22 +201,38 @@ def array_record_dir(name: str, data_dir) -> str | None:
 
 
 def input_mode(config) -> str:
-  """'memory' or 'stream': config.input_mode, or for 'auto' stream when the training data, as
-  decoded, would exceed config.max_host_memory_gb and an ArrayRecord copy is there to stream."""
+  """'memory' or 'stream': config.input_mode, or for 'auto' stream when the data would exceed
+  config.max_host_memory_gb and can be streamed: a tfds set with an ArrayRecord copy (its decoded
+  size) or vectors:FILE.npy (the size of its data in the file)."""
   if config.input_mode != 'auto':
     return config.input_mode
+  size = (_npy_bytes(config.dataset.removeprefix('vectors:'))
+          if config.dataset.startswith('vectors:') else _tfds_decoded_bytes(config))
+  return 'stream' if size > config.max_host_memory_gb * 2**30 else 'memory'
+
+
+def _npy_bytes(path: str) -> int:
+  """The size of an .npy file's array, from its header alone; 0 for a .npz (never streamed) or a
+  file that does not read (memory mode's loader names the problem)."""
+  try:
+    return np.load(path, mmap_mode='r').nbytes if path.endswith('.npy') else 0
+  except (OSError, ValueError, EOFError):
+    return 0
+
+
+def _tfds_decoded_bytes(config) -> int:
+  """The decoded size of a tfds set's ArrayRecord copy; 0 when there is none."""
   tfds_name = _tfds_name(config.dataset)
   directory = tfds_name and array_record_dir(tfds_name, config.data_dir)
   if not directory:
-    return 'memory'
+    return 0
   with open(os.path.join(directory, 'dataset_info.json')) as f:
     info = json.load(f)
   examples = sum(int(n) for s in info.get('splits', []) for n in s.get('shardLengths', []))
   shape = _stored_image_shape(directory, config.image_key)
   if shape and config.image_size:
     shape = [config.image_size, config.image_size, shape[-1]]
-  decoded = examples * int(np.prod(shape)) if shape and min(shape) > 0 else 0
-  return 'stream' if decoded > config.max_host_memory_gb * 2**30 else 'memory'
+  return examples * int(np.prod(shape)) if shape and min(shape) > 0 else 0
 
 
 def _stored_image_shape(directory: str, image_key: str):
@@ -227,17 +252,36 @@ def _tfds_name(dataset: str) -> str | None:
 
 
 def _load_stream(config) -> Data:
-  """The tfds data set of config.dataset streamed from its ArrayRecord files: splits read by
-  index (streaming.py), never held."""
-  from ohc_jax import streaming
+  """config.dataset read by index (streaming.py), never held: a tfds data set from its ArrayRecord
+  files, or vectors:FILE.npy memory-mapped. Subsets (max_examples, imbalance) are memory mode's."""
   name = _tfds_name(config.dataset)
-  if name is None:
-    raise UsageError(f'input_mode=stream streams tfds data sets, not {config.dataset!r}: set '
-                     f'--config.input_mode=memory')
+  vectors = config.dataset.startswith('vectors:')
+  if name is None and not vectors:
+    raise UsageError(f'input_mode=stream streams tfds data sets, not {config.dataset!r} (nor any '
+                     f'file but vectors:FILE.npy): set --config.input_mode=memory')
   for field in ('max_examples', 'imbalance'):
     if config[field]:
       raise UsageError(f'{field} is not available in stream mode: set --config.{field}=0 or '
                        f'--config.input_mode=memory')
+  return _stream_vectors(config) if vectors else _stream_tfds(name, config)
+
+
+def _stream_vectors(config) -> Data:
+  """vectors:FILE.npy memory-mapped: each batch's rows read from the file as float32, only the
+  labels (8 bytes a point) held; one split, as in memory mode."""
+  from ohc_jax import streaming
+  if config.dataset.endswith('.npz'):
+    raise UsageError(f'{config.dataset} cannot be streamed (a .npz is a zip, which cannot be '
+                     f'memory-mapped): save x as FILE.npy and the labels as FILE_labels.npy '
+                     f'(numpy.save), or set --config.input_mode=memory')
+  x, labels, names = _read_vectors(config, mmap=True)
+  source = streaming.ArraySource(x, labels, np.float32)
+  return Data(source, source, len(names), 1.0, 0.0, names)
+
+
+def _stream_tfds(name: str, config) -> Data:
+  """The tfds data set `name` from its ArrayRecord files."""
+  from ohc_jax import streaming
   directory = array_record_dir(name, config.data_dir)
   if directory is None:
     raise UsageError(f'no ArrayRecord copy of {name} under {config.data_dir or "$TFDS_DATA_DIR"} '

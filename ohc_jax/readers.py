@@ -21,18 +21,19 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.
 ARRAY_CONVENTION = 'x (inputs), y (labels) and optionally ids (row names)'
 
 
-def _load(path: str):
+def _load(path: str, mmap: bool = False):
   try:
-    return np.load(path, allow_pickle=False)
+    return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
     raise UsageError(f'cannot read {path} as {"a .npz" if path.endswith(".npz") else "an .npy"} '
                      f'file ({first_line(e)}): write it with numpy.save or numpy.savez') from None
 
 
-def read_arrays(path: str, labels: bool) -> tuple[np.ndarray, Optional[np.ndarray],
-                                                  Optional[np.ndarray]]:
-  """(x, y, ids) of a .npz or .npy file; y is read only when `labels`, ids may be None."""
-  loaded = _load(path)
+def read_arrays(path: str, labels: bool, mmap: bool = False) -> tuple[
+    np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+  """(x, y, ids) of a .npz or .npy file; y is read only when `labels`, ids may be None. mmap: .npy
+  files come memory-mapped, read-only, so nothing is read until used (a .npz, a zip, is read)."""
+  loaded = _load(path, mmap)
   if not isinstance(loaded, np.lib.npyio.NpzFile):
     if not labels:
       return loaded, None, None
@@ -40,7 +41,7 @@ def read_arrays(path: str, labels: bool) -> tuple[np.ndarray, Optional[np.ndarra
     if not os.path.isfile(labels_path):
       raise UsageError(f'{path} needs its labels in {labels_path} (or give a .npz holding '
                        f'{ARRAY_CONVENTION})')
-    return loaded, _load(labels_path), None
+    return loaded, _load(labels_path, mmap), None
   with loaded:
     needed = ('x', 'y') if labels else ('x',)
     if not set(needed) <= set(loaded.files):

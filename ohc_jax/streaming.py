@@ -1,13 +1,14 @@
-"""Streaming input: batches read by index from ArrayRecord files, so no split is held in memory.
+"""Streaming input: batches read by index from ArrayRecord files, or rows of a memory-mapped .npy
+file (`ArraySource`), so no split is held in memory.
 
 Design (issue 14). tfds's ArrayRecord data source gives random access by record index; over it our
 own sampler takes each epoch in the order memory mode uses (`input_pipeline.epoch_permutation`,
 a function of (seed, epoch)), so `StreamFeed` gives the very batches `TrainFeed` gives, and a
 thread pool reads and decodes whole batches ahead. Each process reads only its rows of each global
 batch; resuming at step s slices the permutation (no record is read and dropped); host memory holds
-the permutation (8 bytes a point) and `prefetch` batches. Records are decoded by our own code, a
-protobuf parse and OpenCV's PNG decoder: 9-12k img/s a thread, 1.5-2x tfds's generic decoding
-(5.8-6.6k img/s with OpenCV, 3.4k with its PIL fallback).
+the permutation (8 bytes a point; a vectors file's labels 8 more) and `prefetch` batches. Records
+are decoded by our own code, a protobuf parse and OpenCV's PNG decoder: 9-12k img/s a thread,
+1.5-2x tfds's generic decoding (5.8-6.6k img/s with OpenCV, 3.4k with its PIL fallback).
 
 Rejected: tf.data over TFRecord shards (resuming at step s reads and drops s batches, or needs
 per-shard offsets; its shuffle is a window, not a permutation); grain 0.2.18 (installs under our
@@ -146,24 +147,24 @@ class ConcatSource:
 
 
 class ArraySource:
-  """Arrays as a source: in memory, or memory-mapped .npy files (`vector_source`)."""
+  """Arrays as a source, their rows read as `dtype` (default: as stored): in memory, or memory-
+  mapped (input_pipeline's vectors:FILE.npy in stream mode), where the pages of the rows read are
+  all that come into memory."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, dtype=None):
     self.images, self.labels = images, labels
+    self.shape, self.dtype = images.shape, np.dtype(dtype or images.dtype)
 
   def __len__(self):
     return len(self.labels)
 
   def read(self, rows: np.ndarray) -> dict:
-    return {'image': np.asarray(self.images[rows]),
-            'label': np.asarray(self.labels[rows], np.int64)}
-
-
-def vector_source(path: str) -> ArraySource:
-  """FILE.npy (points x features) and FILE_labels.npy (integer labels 0..C-1), memory-mapped: the
-  pages of the rows read are all that come into memory."""
-  return ArraySource(np.load(path, mmap_mode='r'),
-                     np.load(path[:-4] + '_labels.npy', mmap_mode='r'))
+    """{'image', 'label' int64} of the rows, in their order, read in ascending order (a mapped
+    file's pages in sequence)."""
+    order = np.argsort(rows)
+    images = np.empty((len(rows),) + self.shape[1:], self.dtype)
+    images[order] = self.images[rows[order]]
+    return {'image': images, 'label': np.asarray(self.labels[rows], np.int64)}
 
 
 def _read_ahead(read: Callable[[np.ndarray], dict], row_batches: Iterable[np.ndarray],

@@ -122,17 +122,6 @@ def test_eval_batches_equal_memory_modes_labels_included(image_set, global_batch
     np.testing.assert_array_equal(got, split.labels[want_rows])
 
 
-def test_vector_source_is_memory_mapped(tmp_path):
-  x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-  np.save(tmp_path / 'v.npy', x)
-  np.save(tmp_path / 'v_labels.npy', np.arange(50) % 3)
-  source = streaming.vector_source(str(tmp_path / 'v.npy'))
-  assert isinstance(source.images, np.memmap)
-  batch = source.read(np.array([4, 1]))
-  np.testing.assert_array_equal(batch['image'], x[[4, 1]])
-  np.testing.assert_array_equal(batch['label'], [1, 1])
-
-
 def test_synthetic_image_set_is_a_readable_tfds_set(tmp_path):
   import os
   import sys
