@@ -5,7 +5,7 @@ ohc_jax/streaming.py reads (`tfds convert_format` does this too, but needs Apach
   python launch/to_array_record.py SRC /tmp/tfds_ar/cifar10_raw/3.0.2 --encoding=raw
 
 --encoding=png (the default) copies records byte for byte, shard for shard. --encoding=raw stores
-each image (fixed-size sets only) as its raw uint8 bytes, a tfds Tensor feature: ~1.4x CIFAR-10's
+each image (fixed-size sets only) as its raw uint8 bytes, a tfds Tensor feature: 1.24x CIFAR-10's
 PNGs on disk, and streamed without decoding (docs/benchmarks.md). Either way dataset_info.json
 says array_record, and the copy is a tfds data set that tfds reads too.
 """

@@ -50,6 +50,9 @@ _DATA_DIR = flags.DEFINE_string('data_dir', '../shared/data/tfds', '--suite=inpu
                                 'dir holding cifar10 (memory mode).')
 _STREAM_DIR = flags.DEFINE_string('stream_dir', '/tmp/tfds_ar/cifar10/3.0.2', '--suite=input: '
                                   'CIFAR-10 in ArrayRecord (launch/to_array_record.py).')
+_STREAM_RAW_DIR = flags.DEFINE_string('stream_raw_dir', '/tmp/tfds_ar/cifar10_raw/3.0.2',
+                                      '--suite=input: CIFAR-10 in ArrayRecord with raw images '
+                                      '(launch/to_array_record.py --encoding=raw); empty: left out.')
 _SYNTHETIC_DIR = flags.DEFINE_string('synthetic_dir', '/tmp/tfds_ar/synthetic/1.0.0',
                                      '--suite=input: the synthetic 1.2M-image set in ArrayRecord '
                                      '(launch/make_synthetic_images.py); empty: left out.')
@@ -332,13 +335,16 @@ def _input_in_child(mode: str, where: str) -> dict:
 def suite_input() -> dict:
   cases = {'cifar10_memory': ('memory', _DATA_DIR.value),
            'cifar10_stream': ('stream', _STREAM_DIR.value)}
+  if _STREAM_RAW_DIR.value:
+    cases['cifar10_stream_raw'] = ('stream', _STREAM_RAW_DIR.value)
   if _SYNTHETIC_DIR.value:
     cases['synthetic_1.2M_stream'] = ('stream', _SYNTHETIC_DIR.value)
   for mode, where in cases.values():
     if not os.path.isdir(where):
       raise UsageError(f'--suite=input: no folder {where}: give --data_dir (tfds), --stream_dir '
-                       f'(launch/to_array_record.py) or --synthetic_dir '
-                       f'(launch/make_synthetic_images.py; empty: left out)')
+                       f'(launch/to_array_record.py), --stream_raw_dir (its --encoding=raw; '
+                       f'empty: left out) or --synthetic_dir (launch/make_synthetic_images.py; '
+                       f'empty: left out)')
   rows = {}
   print(f'train step (simp encoder, K=10, batch {_BATCH.value}) fed by each input, '
         f'{_STEPS.value} steps after {_WARMUP.value}:')
@@ -353,6 +359,11 @@ def suite_input() -> dict:
   ratios = {'stream_over_memory_images_per_s': stream['images_per_s'] / memory['images_per_s']}
   print(f'stream / memory images/s: {ratios["stream_over_memory_images_per_s"]:.1%} '
         f'(target >= 90%)')
+  if 'cifar10_stream_raw' in rows:
+    ratios['stream_raw_over_memory_images_per_s'] = (rows['cifar10_stream_raw']['images_per_s'] /
+                                                     memory['images_per_s'])
+    print(f'stream (raw images) / memory images/s: '
+          f'{ratios["stream_raw_over_memory_images_per_s"]:.1%} (target >= 90%)')
   if 'synthetic_1.2M_stream' in rows:
     ratios['synthetic_over_cifar10_stream_peak_rss'] = (
         rows['synthetic_1.2M_stream']['peak_rss_mb'] / stream['peak_rss_mb'])

@@ -36,9 +36,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_split = 'train'  # Any tfds split spec, e.g. 'train[:90%]'.
   c.eval_split = 'test'  # The same as train_split: one split, trained and evaluated on.
   c.image_size = 0  # 0: as stored; N: shorter side resized to N, centre cropped to N x N.
-  c.input_mode = 'auto'  # 'memory': decoded once, held; 'stream': tfds ArrayRecord read by index,
-  # never held; 'auto': stream when the decoded training data would exceed max_host_memory_gb.
+  c.input_mode = 'auto'  # 'memory': decoded once, held; 'stream': tfds ArrayRecord or
+  # vectors:FILE.npy read by index, never held; 'auto': stream when the data would exceed
+  # max_host_memory_gb.
   c.max_host_memory_gb = 16.0
+  # Stream mode: a record that does not decode is skipped and counted (training: the next record
+  # that decodes takes its place; evaluation: left out) instead of stopping the run.
+  c.skip_bad_records = False
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
   c.imbalance = 0  # 0-3: the reference's class keep-probabilities (imbalance.py, docs/fidelity.md).
   c.prior_matching = 'identity'  # Cluster k's prior entry: 'identity' (k's; the reference's code),

@@ -18,26 +18,31 @@ class Evaluation:
   rows kept (`sample`; all by default), for probes, plots and re-estimating covariances."""
   accumulator: metrics.Accumulator
   outputs: dict
+  skipped: int = 0  # Records left out that did not decode (config.skip_bad_records).
 
 
 def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray] = None):
   """Point-wise argmin labels over a split (combination assignment batch by batch with
   config.constrained_eval), batch by batch; the outputs kept (rows `sample`, sorted, or all) are
   gathered to every process as NumPy arrays."""
-  acc, kept, start = metrics.Accumulator(config.num_clusters), [], 0
+  acc, kept, start, skipped = metrics.Accumulator(config.num_clusters), [], 0, 0
   for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
                                                   jax.process_index(), jax.process_count()):
-    labels = batch.pop('label')
+    host = {key: batch.pop(key) for key in ('label', 'skipped') if key in batch}
     out = eval_step(state, sharding.to_global(batch, mesh))
-    out = multihost_utils.process_allgather({**out, 'label': labels}, tiled=True)
+    out = multihost_utils.process_allgather({**out, **host}, tiled=True)
     if 'constrained' in out:
       out['cluster'] = out.pop('constrained')
-    acc.add(out['label'], out['cluster'], out['soft'], valid)
+    keep = ~out.pop('skipped') if 'skipped' in out else None  # Stand-ins for bad records.
+    acc.add(out['label'], out['cluster'], out['soft'], valid, keep)
     rows = (np.arange(valid) if sample is None else
             sample[(sample >= start) & (sample < start + valid)] - start)
+    if keep is not None:
+      rows, skipped = rows[keep[rows]], skipped + int((~keep[:valid]).sum())
     kept.append({key: value[rows] for key, value in out.items()})
     start += valid
-  return Evaluation(acc, {key: np.concatenate([k[key] for k in kept]) for key in kept[0]})
+  return Evaluation(acc, {key: np.concatenate([k[key] for k in kept]) for key in kept[0]},
+                    skipped)
 
 
 def eval_sample(config, n: int) -> Optional[np.ndarray]:

@@ -290,7 +290,7 @@ def _stream_tfds(name: str, config) -> Data:
   try:
     splits = dict.fromkeys((config.train_split, config.eval_split))
     sources = [streaming.ImageSource(directory, s, config.image_key, config.label_key,
-                                     config.image_size) for s in splits]
+                                     config.image_size, config.skip_bad_records) for s in splits]
   except UsageError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
@@ -312,6 +312,10 @@ def load(config) -> Data:
   memory or, per input_mode, streamed."""
   if input_mode(config) == 'stream':
     return _load_stream(config)
+  if config.skip_bad_records:
+    raise UsageError('skip_bad_records skips records that do not decode in stream mode, and '
+                     'memory mode decodes a data set whole: set --config.input_mode=stream, or '
+                     '--config.skip_bad_records=False')
   read = loader(config.dataset)
   if read is None:
     raise UsageError(f'unknown dataset {config.dataset!r}')

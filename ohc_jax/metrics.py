@@ -116,16 +116,20 @@ class Accumulator:
     self.table = np.zeros((num_clusters, 1), np.int64)  # Grows a column per new largest label.
     self.soft_sizes = np.zeros(num_clusters, np.float64)
 
-  def add(self, labels: np.ndarray, clusters: np.ndarray, soft: np.ndarray, valid: int) -> None:
-    """One batch: the first `valid` rows of labels, hard clusters and soft assignments (B, K)."""
-    labels, clusters = np.asarray(labels[:valid], np.int64), np.asarray(clusters[:valid], np.int64)
+  def add(self, labels: np.ndarray, clusters: np.ndarray, soft: np.ndarray, valid: int,
+          keep: np.ndarray | None = None) -> None:
+    """One batch: the first `valid` rows of labels, hard clusters and soft assignments (B, K);
+    of those, the ones `keep` marks, when given."""
+    rows = np.arange(valid) if keep is None else np.flatnonzero(keep[:valid])
+    labels, clusters, soft = (np.asarray(labels)[rows].astype(np.int64),
+                              np.asarray(clusters)[rows].astype(np.int64), np.asarray(soft)[rows])
     num_clusters, width = self.table.shape
-    if valid and labels.max() >= width:
+    if len(rows) and labels.max() >= width:
       width = int(labels.max()) + 1
       self.table = np.pad(self.table, ((0, 0), (0, width - self.table.shape[1])))
     self.table += np.bincount(clusters * width + labels,
                               minlength=num_clusters * width).reshape(num_clusters, width)
-    self.soft_sizes += np.asarray(soft[:valid], np.float64).sum(0)
+    self.soft_sizes += np.asarray(soft, np.float64).sum(0)
 
   def result(self, prior: np.ndarray) -> dict:
     return table_metrics(self.table, self.soft_sizes, prior)

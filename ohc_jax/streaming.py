@@ -43,7 +43,7 @@ class ImageSource:
   they are; image_size N > 0 resizes each to N x N (readers.resize_crop, as memory mode does)."""
 
   def __init__(self, dataset_dir: str, split: str, image_key: str = 'image',
-               label_key: str = 'label', image_size: int = 0):
+               label_key: str = 'label', image_size: int = 0, skip_bad: bool = False):
     import tensorflow_datasets as tfds
     from tensorflow.core.example import example_pb2
     builder = tfds.builder_from_directory(dataset_dir)
@@ -66,7 +66,7 @@ class ImageSource:
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     self._parse = example_pb2.Example.FromString
     self._decode = self.decoder(self._stored)
-    self._keys, self._size = (image_key, label_key), image_size
+    self._keys, self._size, self._skip_bad = (image_key, label_key), image_size, skip_bad
     self.image_shape = (image_size, image_size, self._stored[-1]) if image_size else self._stored
     self.num_classes = features[label_key].num_classes
     self.names = tuple(features[label_key].names)
@@ -101,26 +101,50 @@ class ImageSource:
       image = readers.resize_crop(image, self._size)
     return image if image is not None and image.shape == self.image_shape else None
 
-  def read(self, rows: np.ndarray) -> dict:
-    """{'image': (B, H, W, C) uint8, 'label': (B,) int64} of the rows, in their order."""
-    images = np.empty((len(rows),) + self.image_shape, np.uint8)
-    labels = np.empty(len(rows), np.int64)
-    image_key, label_key = self._keys
+  def _records_of(self, rows) -> list:
     try:
-      records = self._records.__getitems__(rows.tolist())
+      return self._records.__getitems__(list(rows))
     except Exception as e:  # pylint: disable=broad-except  (array_record raises many kinds)
-      raise UsageError(f'{self._where}: cannot read records {rows.min()}-{rows.max()} '
+      raise UsageError(f'{self._where}: cannot read records {min(rows)}-{max(rows)} '
                        f'({type(e).__name__}): the files are truncated or damaged; prepare the '
                        f'data set again') from None
-    for i, record in enumerate(records):
+
+  def _example(self, record: bytes):
+    """(image or None, label) of a serialized example."""
+    image_key, label_key = self._keys
+    try:
       feature = self._parse(record).features.feature
-      image = self._image(feature[image_key].bytes_list.value[0])
+      return (self._image(feature[image_key].bytes_list.value[0]),
+              feature[label_key].int64_list.value[0])
+    except Exception:  # pylint: disable=broad-except  (protobuf's and OpenCV's errors, a missing key)
+      return None, None
+
+  def _substitute(self, row: int):
+    """(image, label) of the first record after `row` (cyclically) that decodes."""
+    for step in range(1, len(self)):
+      image, label = self._example(self._records_of([(row + step) % len(self)])[0])
+      if image is not None:
+        return image, label
+    raise UsageError(f'{self._where}: no record decodes: prepare the data set again')
+
+  def read(self, rows: np.ndarray) -> dict:
+    """{'image': (B, H, W, C) uint8, 'label': (B,) int64} of the rows, in their order; with
+    skip_bad also 'skipped', marking the rows that did not decode (the next record that decodes
+    took their place)."""
+    images = np.empty((len(rows),) + self.image_shape, np.uint8)
+    labels = np.empty(len(rows), np.int64)
+    skipped = np.zeros(len(rows), bool)
+    for i, record in enumerate(self._records_of(rows.tolist())):
+      image, label = self._example(record)
       if image is None:
-        raise UsageError(f'{self._where}: record {rows[i]} does not decode to a '
-                         f'{self.image_shape} image: prepare the data set again, or remove it')
-      images[i] = image
-      labels[i] = feature[label_key].int64_list.value[0]
-    return {'image': images, 'label': labels}
+        if not self._skip_bad:
+          raise UsageError(f'{self._where}: record {rows[i]} does not decode to a '
+                           f'{self.image_shape} image: prepare the data set again, remove it, or '
+                           f'set --config.skip_bad_records=True to skip and count such records')
+        image, label = self._substitute(int(rows[i]))
+        skipped[i] = True
+      images[i], labels[i] = image, label
+    return {'image': images, 'label': labels, **({'skipped': skipped} if self._skip_bad else {})}
 
 
 class ConcatSource:
@@ -137,12 +161,11 @@ class ConcatSource:
 
   def read(self, rows: np.ndarray) -> dict:
     part = np.searchsorted(self._starts, rows, side='right') - 1
-    out = {'image': np.empty((len(rows),) + self.shape[1:], self.dtype),
-           'label': np.empty(len(rows), np.int64)}
+    out = {}
     for p in np.unique(part):
       at = part == p
-      got = self._sources[p].read(rows[at] - self._starts[p])
-      out['image'][at], out['label'][at] = got['image'], got['label']
+      for key, value in self._sources[p].read(rows[at] - self._starts[p]).items():
+        out.setdefault(key, np.empty((len(rows),) + value.shape[1:], value.dtype))[at] = value
     return out
 
 
@@ -212,9 +235,9 @@ def eval_batches(source, global_batch: int, process_index: int = 0, process_coun
   lo = lambda start: start + process_index * local
   rows = (np.arange(lo(s), min(lo(s) + local, s + global_batch, n)) for s in starts)
   for start, batch in zip(starts, _read_ahead(source.read, rows, threads, prefetch)):
-    images, valid = pad_rows(batch['image'], local)
-    yield ({'image': images, 'label': pad_rows(batch['label'], local)[0], 'valid': valid},
-           min(global_batch, n - start))
+    images, valid = pad_rows(batch.pop('image'), local)
+    yield ({'image': images, **{k: pad_rows(v, local)[0] for k, v in batch.items()},
+            'valid': valid}, min(global_batch, n - start))
 
 
 def shard_path(dataset_dir: str, name: str, split: str, index: int, count: int) -> str:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from ohc_jax import (checkpoints, configuration, experiment, input_pipeline, interrupts,
@@ -38,12 +39,13 @@ class Position:
   history: list = dataclasses.field(default_factory=list)
   cluster_to_class: Optional[list] = None
   cluster_to_class_step: Optional[int] = None
+  skipped_records: int = 0  # Training's stand-ins for records that did not decode, all processes.
 
   @classmethod
   def from_meta(cls, meta: dict, steps_per_epoch: int) -> 'Position':
     pos = cls(int(meta['epoch']), int(meta['step_in_epoch']), float(meta.get('loss_sum', 0.0)),
               list(meta.get('history', [])), meta.get('cluster_to_class'),
-              meta.get('cluster_to_class_step'))
+              meta.get('cluster_to_class_step'), int(meta.get('skipped_records', 0)))
     done = (pos.history and pos.history[-1]['epoch'] >= pos.epoch and
             not pos.history[-1].get('partial'))
     if done and pos.step_in_epoch >= steps_per_epoch:  # An epoch-end checkpoint.
@@ -107,6 +109,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   exp, data, ckpt, spe = run.exp, run.data, run.ckpt, run.exp.steps_per_epoch
   start, total = (pos.epoch - 1) * spe + pos.step_in_epoch, config.num_epochs * spe
   batches, loss_sum = _batches(run.feed, start), jnp.float32(pos.loss_sum)
+  unsynced = 0  # This process's stand-ins since pos.skipped_records was last brought up to date.
   try:
     with interrupts.StopOnSignal() as stop:
       clock.loop(True)
@@ -117,7 +120,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           run.bar.new_epoch(step)
         run.profile.step(step)
         with clock('compile') if step == start else _NO_TIMER:
-          state, step_metrics = exp.train_step(state, exp.to_global(next(batches)))
+          batch = next(batches)
+          unsynced += int(batch.pop('skipped', np.zeros(0, bool)).sum())
+          state, step_metrics = exp.train_step(state, exp.to_global(batch))
           if step == start:
             jax.block_until_ready(state)
         loss_sum, done = loss_sum + step_metrics['loss'], step + 1
@@ -130,6 +135,11 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
             run.writer.write_step(done, run.bar.scalars(pos.epoch, done, step_metrics))
         signum = stop.agreed() if (jax.process_count() == 1 or itstime(done, spe) or
                                    itstime(done, config.log_every_steps)) else None
+        if config.skip_bad_records and (signum or itstime(done, spe) or
+                                        itstime(done, config.eval_every_steps) or
+                                        itstime(done, config.checkpoint_every_steps)):
+          pos.skipped_records += int(multihost_utils.process_allgather(np.int64(unsynced)).sum())
+          unsynced = 0
         if itstime(done, config.eval_every_steps) and not itstime(done, spe):
           jax.block_until_ready(state)
           with clock('evaluate'):
@@ -226,6 +236,8 @@ def _evaluate_epoch(exp, state, data, pos, train_loss, images_per_s, partial=Fal
   record = {'epoch': pos.epoch, 'step': int(state.step), 'train_loss': train_loss,
             'train_images_per_s': images_per_s, **acc.result(prior / prior.sum()),
             **({'partial': True} if partial else {})}
+  if config.skip_bad_records:
+    record['skipped_records'] = {'train': pos.skipped_records, 'eval': evaluation.skipped}
   if not partial and itstime(pos.epoch, config.probe_every, config.num_epochs):
     record.update(probes.probe_accuracies(out['z'], out['label'], config.seed))
   pos.history.append(record)
@@ -367,7 +379,9 @@ def _summary(m: dict, config) -> str:
           f'{"  step " + str(m["step"]) if m.get("partial") else ""}  loss {m["train_loss"]:.4f}  acc {m["acc"]:.4f}  '
           f'nmi {m["nmi"]:.4f}  ari {m["ari"]:.4f}  kl* {m["kl_star"]:.4f}  '
           f'clusters {m["num_nonempty"]}/{config.num_clusters}  '
-          f'{m["train_images_per_s"]:.0f} img/s')
+          f'{m["train_images_per_s"]:.0f} img/s' +
+          ('  skipped {train} training, {eval} evaluation records'.format(**m['skipped_records'])
+           if any(m.get('skipped_records', {}).values()) else ''))
 
 
 def _write_cluster_map(workdir: str, pos, data) -> None:

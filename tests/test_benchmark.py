@@ -72,16 +72,20 @@ def test_input_suite_on_tiny_sets(tmp_path, monkeypatch):
   monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
   subprocess.run([sys.executable, '-c', _TINY_CIFAR10, str(tmp_path / 'tfds')], check=True,
                  capture_output=True)
-  stream, synthetic = tmp_path / 'stream', tmp_path / 'synthetic'
-  for where, num in ((stream, 320), (synthetic, 640)):
+  stream, raw, synthetic = tmp_path / 'stream', tmp_path / 'raw', tmp_path / 'synthetic'
+  for where, num, encoding in ((stream, 320, 'png'), (raw, 320, 'raw'), (synthetic, 640, 'png')):
     subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'make_synthetic_images.py'),
-                    f'--out={where}', f'--num={num}'], check=True, capture_output=True)
+                    f'--out={where}', f'--num={num}', f'--encoding={encoding}'], check=True,
+                   capture_output=True)
   stdout, figures = _run(tmp_path, '--suite=input', '--batch_size=64', '--steps=2', '--warmup=1',
                          f'--data_dir={tmp_path / "tfds"}', f'--stream_dir={stream}',
-                         f'--synthetic_dir={synthetic}')
+                         f'--stream_raw_dir={raw}', f'--synthetic_dir={synthetic}')
   rows, ratios = figures['rows'], figures['ratios']
-  assert list(rows) == ['cifar10_memory', 'cifar10_stream', 'synthetic_1.2M_stream']
-  assert [rows[r]['steps_per_epoch'] for r in rows] == [5, 5, 10]
+  assert list(rows) == ['cifar10_memory', 'cifar10_stream', 'cifar10_stream_raw',
+                        'synthetic_1.2M_stream']
+  assert [rows[r]['steps_per_epoch'] for r in rows] == [5, 5, 5, 10]
+  assert ratios['stream_raw_over_memory_images_per_s'] == pytest.approx(
+      rows['cifar10_stream_raw']['images_per_s'] / rows['cifar10_memory']['images_per_s'])
   assert 'first_batch_at_90%_s' in rows['synthetic_1.2M_stream']
   assert 'first_batch_at_10%_s' not in rows['cifar10_memory']
   assert ratios['stream_over_memory_images_per_s'] == pytest.approx(

@@ -133,28 +133,57 @@ def test_a_single_pass_evaluated_every_few_steps(data_dir, tmp_path):
   assert _strip(every)['final'] == _strip(plain)['final']
 
 
-def test_a_record_that_does_not_decode_stops_the_run_before_its_step(tmp_path):
-  """One line naming the data set, and no checkpoint past the last step that ran."""
-  import tensorflow_datasets as tfds
+def _set_with_a_bad_record(tmp_path, bad=40):
+  """tiny_stream with one split of 64 images whose record `bad` is not a PNG."""
   from tensorflow.core.example import example_pb2
   directory = tmp_path / 'tiny_stream' / '1.0.0'
   rng = np.random.default_rng(1)
   images, labels = rng.integers(0, 256, (64, 8, 8, 3), np.uint8), rng.integers(0, 3, 64)
   records = list(streaming.encode_examples(images, labels))
-  bad = example_pb2.Example.FromString(records[40])
-  bad.features.feature['image'].bytes_list.value[0] = b'not a png'
-  records[40] = bad.SerializeToString()
+  broken = example_pb2.Example.FromString(records[bad])
+  broken.features.feature['image'].bytes_list.value[0] = b'not a png'
+  records[bad] = broken.SerializeToString()
   streaming.write_records(streaming.shard_path(str(directory), 'tiny_stream', 'train', 0, 1),
                           records)
-  features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
-                                         'label': tfds.features.ClassLabel(num_classes=3)})
-  streaming.write_info(str(directory), 'tiny_stream', '1.0.0', {'train': [64]}, features)
-  config = _config(str(tmp_path), eval_split='train', checkpoint_every_steps=1, num_epochs=1)
-  with pytest.raises(UsageError, match=r'tiny_stream.*record 40 does not decode'):
+  streaming.write_info(str(directory), 'tiny_stream', '1.0.0', {'train': [64]},
+                       streaming.image_features((8, 8, 3), 3))
+
+
+def test_a_record_that_does_not_decode_stops_the_run_then_skipping_resumes_it(tmp_path):
+  """One line naming the data set and the fix, and no checkpoint past the last step that ran;
+  rerun with skip_bad_records, the run resumes and gives what a run skipping from the start
+  gives, the stand-ins and left-out records counted."""
+  _set_with_a_bad_record(tmp_path)
+  config = _config(str(tmp_path), eval_split='train', checkpoint_every_steps=1, num_epochs=2)
+  with pytest.raises(UsageError, match=r'tiny_stream.*record 40 does not decode.*skip_bad_records'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   failing = int(np.flatnonzero(input_pipeline.epoch_permutation(64, config.seed, 1) == 40)[0]) // 16
   assert max(checkpoints.committed_steps(tmp_path / 'run'), default=0) <= failing
   assert not (tmp_path / 'run' / 'results.json').exists()
+
+  config.skip_bad_records = True
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  fresh = train.train_and_evaluate(config, str(tmp_path / 'fresh'))
+  assert _strip(resumed) == _strip(fresh)
+  in_batches = sum(bool(np.isin(40, input_pipeline.epoch_permutation(64, config.seed, e)[:64]))
+                   for e in (1, 2))  # 4 steps of 16: every point, each epoch.
+  assert fresh['final']['skipped_records'] == {'train': in_batches, 'eval': 1} == {'train': 2,
+                                                                                   'eval': 1}
+  assert sum(fresh['final']['hard_sizes']) == 63  # Left out of the evaluation.
+  with pytest.raises(UsageError, match='skip_bad_records .* set --config.input_mode=stream'):
+    input_pipeline.load(_config(str(tmp_path), input_mode='memory', skip_bad_records=True))
+
+
+def test_skipping_gives_the_run_without_the_bad_record_its_stand_in_aside(tmp_path):
+  """A stand-in is the next record that decodes: batch for batch, the run reads what it would read
+  if record 40 were a copy of record 41."""
+  _set_with_a_bad_record(tmp_path)
+  source = input_pipeline.load(_config(str(tmp_path), eval_split='train',
+                                       skip_bad_records=True)).train
+  got = source.read(np.array([39, 40, 41, 63]))
+  np.testing.assert_array_equal(got['skipped'], [False, True, False, False])
+  np.testing.assert_array_equal(got['image'][1], got['image'][2])
+  assert got['label'][1] == got['label'][2]
 
 
 # ohc_jax.main with every ImageSource.read logged: `python DRIVER LOG FLAGS...` appends a line

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from ohc_jax import input_pipeline, streaming
+from ohc_jax.errors import UsageError
 
 
 def _images(n, seed=0, shape=(8, 8, 3)):
@@ -136,3 +137,102 @@ def test_synthetic_image_set_is_a_readable_tfds_set(tmp_path):
   np.testing.assert_array_equal(batch['image'], np.concatenate([w[0] for w in want]))
   np.testing.assert_array_equal(batch['label'], np.concatenate([w[1] for w in want]))
   assert len(set(batch['label'])) > 1 and batch['image'].std() > 10
+
+
+def _write_set(root, images, labels, encoding='png', shape=None, fmt='array_record'):
+  """A one-split tfds set 'tiny' at root, as ArrayRecord or TFRecord."""
+  import tensorflow as tf
+  records = list(streaming.encode_examples(images, labels, encoding))
+  if fmt == 'array_record':
+    streaming.write_records(streaming.shard_path(root, 'tiny', 'train', 0, 1), records)
+  else:
+    import os
+    os.makedirs(root, exist_ok=True)
+    with tf.io.TFRecordWriter(f'{root}/tiny-train.tfrecord-00000-of-00001') as writer:
+      for record in records:
+        writer.write(record)
+  streaming.write_info(root, 'tiny', '1.0.0', {'train': [len(labels)]},
+                       streaming.image_features(shape or images.shape[1:], 5, encoding))
+  if fmt != 'array_record':
+    import json
+    info = json.load(open(f'{root}/dataset_info.json'))
+    json.dump(dict(info, fileFormat='tfrecord'), open(f'{root}/dataset_info.json', 'w'))
+
+
+@pytest.mark.parametrize('shape', [(8, 8, 3), (6, 5, 1)])
+def test_raw_records_read_as_the_png_records_do(tmp_path, shape):
+  images, labels = _images(20, seed=3, shape=shape)
+  for encoding in ('png', 'raw'):
+    _write_set(str(tmp_path / encoding), images, labels, encoding)
+  rows = np.array([19, 0, 7, 7, 3])
+  png, raw = (streaming.ImageSource(str(tmp_path / e), 'train').read(rows) for e in ('png', 'raw'))
+  _equal_batches([raw], [png])
+  np.testing.assert_array_equal(raw['image'], images[rows])
+
+
+def test_to_array_record_copies_or_stores_raw_what_tfds_reads(tmp_path):
+  """launch/to_array_record.py on a TFRecord set: both encodings stream the set's images, and tfds
+  reads the raw copy too."""
+  import os
+  import sys
+  import tensorflow_datasets as tfds
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'launch'))
+  import to_array_record
+  images, labels = _images(12, seed=4)
+  _write_set(str(tmp_path / 'src'), images, labels, fmt='tfrecord')
+  for encoding in ('png', 'raw'):
+    out = str(tmp_path / encoding / 'tiny' / '1.0.0')
+    to_array_record.convert(str(tmp_path / 'src'), out, encoding)
+    got = streaming.ImageSource(out, 'train').read(np.arange(12))
+    np.testing.assert_array_equal(got['image'], images)
+    np.testing.assert_array_equal(got['label'], labels)
+  by_tfds = tfds.builder_from_directory(str(tmp_path / 'raw' / 'tiny' / '1.0.0')).as_data_source(
+      'train')
+  np.testing.assert_array_equal(by_tfds[5]['image'], images[5])
+  assert os.path.getsize(streaming.shard_path(out, 'tiny', 'train', 0, 1)) > images.nbytes
+
+
+def test_stream_mode_resizes_as_memory_mode_does(tmp_path):
+  """Variable-size images with image_size: ImageSource (host threads) gives the pixels of
+  tfds_cache's resize in tf.data (memory mode's child), both readers.resize_crop."""
+  import cv2
+  import tensorflow as tf
+  from ohc_jax import readers, tfds_cache
+  rng = np.random.default_rng(5)
+  sizes = [(20, 30), (9, 9), (40, 17), (12, 50)]
+  originals = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in sizes]
+  root = str(tmp_path / 'tiny' / '1.0.0')
+  records = []
+  for image, label in zip(originals, range(4)):
+    records += list(streaming.encode_examples(image[None], np.array([label])))
+  streaming.write_records(streaming.shard_path(root, 'tiny', 'train', 0, 1), records)
+  streaming.write_info(root, 'tiny', '1.0.0', {'train': [4]},
+                       streaming.image_features((None, None, 3), 5))
+  with pytest.raises(UsageError, match=r'vary in size.*image_size=N'):
+    streaming.ImageSource(root, 'train')
+  source = streaming.ImageSource(root, 'train', image_size=12)
+  streamed = source.read(np.arange(4))['image']
+  assert source.image_shape == (12, 12, 3) and streamed.shape == (4, 12, 12, 3)
+  for image, got in zip(originals, streamed):
+    in_memory = tfds_cache._resize(tf.constant(image), 12).numpy()  # pylint: disable=protected-access
+    np.testing.assert_array_equal(got, in_memory)
+    np.testing.assert_array_equal(got, readers.resize_crop(image, 12))
+  # The 9x9 image is enlarged (bilinear); the 12x50 one keeps its size and loses its sides.
+  np.testing.assert_array_equal(streamed[1], cv2.resize(originals[1], (12, 12),
+                                                        interpolation=cv2.INTER_LINEAR))
+  np.testing.assert_array_equal(streamed[3], originals[3][:, 19:31])
+
+
+def test_image_source_names_missing_keys_and_non_image_features(tmp_path):
+  import tensorflow_datasets as tfds
+  root = str(tmp_path / 'tiny' / '1.0.0')
+  images, labels = _images(4)
+  _write_set(root, images, labels)
+  with pytest.raises(UsageError, match=r"no feature 'img' .*--config.image_key="):
+    streaming.ImageSource(root, 'train', image_key='img')
+  with pytest.raises(UsageError, match=r"no feature 'y' .*--config.label_key="):
+    streaming.ImageSource(root, 'train', label_key='y')
+  tfds.features.FeaturesDict({'image': tfds.features.Tensor(shape=(8, 8, 3), dtype=np.float32),
+                              'label': tfds.features.ClassLabel(num_classes=5)}).save_config(root)
+  with pytest.raises(UsageError, match=r'not an image: set --config.image_key='):
+    streaming.ImageSource(root, 'train')
