@@ -82,6 +82,7 @@ INVALID = {
     'eval_every_steps': ['-1'],
     'input_mode': ['disk'],
     'max_host_memory_gb': ['0', 'nan'],
+    'skip_bad_records': ['maybe'],
 }
 
 
