@@ -25,7 +25,6 @@ from ohc_jax import streaming  # noqa: E402
 def _raw(src: str, image_key: str):
   """(record -> record with the image as raw bytes, the data set's features so stored)."""
   import tensorflow_datasets as tfds
-  from tensorflow.core.example import example_pb2
   features = tfds.builder_from_directory(src).info.features
   image = features[image_key]
   if not isinstance(image, tfds.features.Image) or None in image.shape:
@@ -34,7 +33,7 @@ def _raw(src: str, image_key: str):
   decode = streaming.ImageSource.decoder(image.shape)
 
   def convert(record: bytes) -> bytes:
-    example = example_pb2.Example.FromString(record)
+    example = streaming.example_class().FromString(record)
     stored = example.features.feature[image_key].bytes_list.value
     stored[0] = decode(stored[0]).tobytes()
     return example.SerializeToString()

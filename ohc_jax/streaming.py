@@ -24,6 +24,7 @@ bounds the rate: reading the records alone runs at 73-89k img/s.
 
 import collections
 import concurrent.futures
+import functools
 import json
 import os
 from typing import Callable, Iterable, Iterator
@@ -37,6 +38,45 @@ from ohc_jax.input_pipeline import epoch_permutation, pad_rows
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
 
+@functools.cache
+def example_class():
+  """tf.train.Example's message class, built from its two .proto files' fields (tensorflow/core/
+  example/{feature,example}.proto) in a pool of its own: parsing records this way keeps
+  TensorFlow, ~0.5 GB, out of a streaming process."""
+  from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+  field = descriptor_pb2.FieldDescriptorProto
+  proto = descriptor_pb2.FileDescriptorProto(name='ohc_jax/example.proto', package='tensorflow',
+                                             syntax='proto3')
+
+  def message(name, *fields, parent=proto):
+    made = (parent.message_type if parent is proto else parent.nested_type).add(name=name)
+    for number, (field_name, kind, label, type_name) in enumerate(fields, 1):
+      made.field.add(name=field_name, number=number, type=kind, label=label,
+                     type_name=type_name, json_name=field_name)
+    return made
+
+  repeated, optional = field.LABEL_REPEATED, field.LABEL_OPTIONAL
+  message('BytesList', ('value', field.TYPE_BYTES, repeated, None))
+  message('FloatList', ('value', field.TYPE_FLOAT, repeated, None))
+  message('Int64List', ('value', field.TYPE_INT64, repeated, None))
+  feature = message('Feature', *((name, field.TYPE_MESSAGE, optional, f'.tensorflow.{kind}')
+                                 for name, kind in (('bytes_list', 'BytesList'),
+                                                    ('float_list', 'FloatList'),
+                                                    ('int64_list', 'Int64List'))))
+  feature.oneof_decl.add(name='kind')
+  for f in feature.field:
+    f.oneof_index = 0
+  features = message('Features', ('feature', field.TYPE_MESSAGE, repeated,
+                                  '.tensorflow.Features.FeatureEntry'))
+  entry = message('FeatureEntry', ('key', field.TYPE_STRING, optional, None),
+                  ('value', field.TYPE_MESSAGE, optional, '.tensorflow.Feature'), parent=features)
+  entry.options.map_entry = True
+  message('Example', ('features', field.TYPE_MESSAGE, optional, '.tensorflow.Features'))
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(proto)
+  return message_factory.GetMessageClass(pool.FindMessageTypeByName('tensorflow.Example'))
+
+
 class ImageSource:
   """A split of a tfds data set stored as ArrayRecord (a data dir's NAME/VERSION folder): its
   length and decoded batches by index. Images are decoded (PNG, JPEG) or, stored raw, read as
@@ -45,7 +85,6 @@ class ImageSource:
   def __init__(self, dataset_dir: str, split: str, image_key: str = 'image',
                label_key: str = 'label', image_size: int = 0, skip_bad: bool = False):
     import tensorflow_datasets as tfds
-    from tensorflow.core.example import example_pb2
     builder = tfds.builder_from_directory(dataset_dir)
     self._where = f'{dataset_dir} ({split})'
     features = builder.info.features
@@ -64,7 +103,7 @@ class ImageSource:
                        f'--config.image_size=N to resize them to N x N')
     self._records = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    self._parse = example_pb2.Example.FromString
+    self._parse = example_class().FromString
     self._decode = self.decoder(self._stored)
     self._keys, self._size, self._skip_bad = (image_key, label_key), image_size, skip_bad
     self.image_shape = (image_size, image_size, self._stored[-1]) if image_size else self._stored
@@ -286,7 +325,6 @@ def encode_examples(images: np.ndarray, labels: np.ndarray,
   """Serialized tf.train.Examples as tfds stores `image_features` (image: PNG or raw bytes;
   label: int64)."""
   import cv2
-  from tensorflow.core.example import example_pb2
   for image, label in zip(images, labels):
     if encoding == 'raw':
       data = np.ascontiguousarray(image, np.uint8).tobytes()
@@ -294,7 +332,7 @@ def encode_examples(images: np.ndarray, labels: np.ndarray,
       ok, png = cv2.imencode('.png', image[..., ::-1] if image.shape[-1] == 3 else image)
       assert ok
       data = png.tobytes()
-    example = example_pb2.Example()
+    example = example_class()()
     example.features.feature['image'].bytes_list.value.append(data)
     example.features.feature['label'].int64_list.value.append(int(label))
     yield example.SerializeToString()
