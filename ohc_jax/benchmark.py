@@ -345,12 +345,19 @@ def suite_input() -> dict:
                        f'(launch/to_array_record.py), --stream_raw_dir (its --encoding=raw; '
                        f'empty: left out) or --synthetic_dir (launch/make_synthetic_images.py; '
                        f'empty: left out)')
-  rows = {}
   print(f'train step (simp encoder, K=10, batch {_BATCH.value}) fed by each input, '
-        f'{_STEPS.value} steps after {_WARMUP.value}:')
+        f'{_STEPS.value} steps after {_WARMUP.value}; {_REPEATS.value} rounds over the inputs, '
+        f'each figure the median of its rounds (peak MB: the largest):')
+  runs = {name: [] for name in cases}
+  for _ in range(_REPEATS.value):  # Interleaved: a busy spell on a shared machine hits them all.
+    for name, (mode, where) in cases.items():
+      runs[name].append(_input_in_child(mode, where))
   print(f'{"input":>22} {"images/s":>9} {"peak MB":>8} {"resume@10% s":>13} {"resume@90% s":>13}')
+  rows = {}
   for name, (mode, where) in cases.items():
-    row = rows[name] = dict(_input_in_child(mode, where), mode=mode, data=where)
+    row = rows[name] = {key: (max if key == 'peak_rss_mb' else statistics.median)(
+        run[key] for run in runs[name]) for key in runs[name][0]}
+    row.update(mode=mode, data=where, images_per_s_runs=[r['images_per_s'] for r in runs[name]])
     resume = [f'{row[k]:13.2f}' if k in row else f'{"-":>13}'
               for k in ('first_batch_at_10%_s', 'first_batch_at_90%_s')]
     print(f'{name:>22} {row["images_per_s"]:9.0f} {row["peak_rss_mb"]:8.0f} {" ".join(resume)}',

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # Every test starts a benchmark process.
@@ -78,12 +79,16 @@ def test_input_suite_on_tiny_sets(tmp_path, monkeypatch):
                     f'--out={where}', f'--num={num}', f'--encoding={encoding}'], check=True,
                    capture_output=True)
   stdout, figures = _run(tmp_path, '--suite=input', '--batch_size=64', '--steps=2', '--warmup=1',
+                         '--repeats=2',
                          f'--data_dir={tmp_path / "tfds"}', f'--stream_dir={stream}',
                          f'--stream_raw_dir={raw}', f'--synthetic_dir={synthetic}')
   rows, ratios = figures['rows'], figures['ratios']
   assert list(rows) == ['cifar10_memory', 'cifar10_stream', 'cifar10_stream_raw',
                         'synthetic_1.2M_stream']
   assert [rows[r]['steps_per_epoch'] for r in rows] == [5, 5, 5, 10]
+  assert all(len(row['images_per_s_runs']) == 2 for row in rows.values())
+  assert rows['cifar10_stream']['images_per_s'] == pytest.approx(
+      np.median(rows['cifar10_stream']['images_per_s_runs']))
   assert ratios['stream_raw_over_memory_images_per_s'] == pytest.approx(
       rows['cifar10_stream_raw']['images_per_s'] / rows['cifar10_memory']['images_per_s'])
   assert 'first_batch_at_90%_s' in rows['synthetic_1.2M_stream']
