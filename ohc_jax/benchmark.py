@@ -276,7 +276,7 @@ def _input_feed(mode: str, where: str, batch_size: int):
     return (input_pipeline.TrainFeed(data.train, batch_size, seed=0),
             experiment.InputSpec.of(data))
   source = streaming.ImageSource(where, 'train')
-  return (streaming.StreamFeed(source, batch_size, seed=0),
+  return (streaming.StreamFeed(source, batch_size, seed=0, threads=streaming.default_threads()),
           experiment.InputSpec(source.image_shape, 'uint8', 1 / 127.5, -1.0, len(source)))
 
 

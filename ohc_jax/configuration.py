@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Stream mode: a record that does not decode is skipped and counted (training: the next record
   # that decodes takes its place; evaluation: left out) instead of stopping the run.
   c.skip_bad_records = False
+  c.input_threads = 0  # Stream mode: host threads reading batches (0: half the host's cores).
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
   c.imbalance = 0  # 0-3: the reference's class keep-probabilities (imbalance.py, docs/fidelity.md).
   c.prior_matching = 'identity'  # Cluster k's prior entry: 'identity' (k's; the reference's code),
@@ -160,7 +161,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      ('hidden_dim', 1), ('latent_dim', 1), ('num_epochs', 1),
                      ('log_every_steps', 1), ('checkpoint_every_steps', 0), ('keep_checkpoints', 1),
                      ('plots_every_epochs', 0), ('profile_steps', 0), ('probe_every', 0),
-                     ('eval_sample', 0), ('eval_every_steps', 0),
+                     ('eval_sample', 0), ('eval_every_steps', 0), ('input_threads', 0),
                      ('max_examples', 0), ('seed', 0), ('num_devices', 0), ('num_processes', 1), ('process_id', 0)):
     if config[field] is not None:  # num_processes, process_id: None means from the cluster.
       _check(int(config[field]) >= low,

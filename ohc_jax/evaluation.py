@@ -27,7 +27,8 @@ def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray]
   gathered to every process as NumPy arrays."""
   acc, kept, start, skipped = metrics.Accumulator(config.num_clusters), [], 0, 0
   for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
-                                                  jax.process_index(), jax.process_count()):
+                                                  jax.process_index(), jax.process_count(),
+                                                  config.input_threads):
     host = {key: batch.pop(key) for key in ('label', 'skipped') if key in batch}
     out = eval_step(state, sharding.to_global(batch, mesh))
     out = multihost_utils.process_allgather({**out, **host}, tiled=True)

@@ -339,13 +339,14 @@ def load(config) -> Data:
 
 
 def train_feed(split, global_batch: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
-  """The training feed of a split: TrainFeed in memory, streaming.StreamFeed for a source; the
-  same batches either way."""
+               process_count: int = 1, threads: int = 0):
+  """The training feed of a split: TrainFeed in memory, streaming.StreamFeed (reading on
+  `threads` host threads, 0: streaming.default_threads()) for a source; the same batches."""
   if isinstance(split, Split):
     return TrainFeed(split, global_batch, seed, process_index, process_count)
   from ohc_jax import streaming
-  return streaming.StreamFeed(split, global_batch, seed, process_index, process_count)
+  return streaming.StreamFeed(split, global_batch, seed, process_index, process_count,
+                              threads or streaming.default_threads())
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -414,14 +415,16 @@ def sample_images(split, sample: Optional[np.ndarray]):
   return read_rows(split, sample)['image']
 
 
-def eval_batches(split, global_batch: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[tuple[dict, int]]:
+def eval_batches(split, global_batch: int, process_index: int = 0, process_count: int = 1,
+                 threads: int = 0) -> Iterator[tuple[dict, int]]:
   """The whole split (a Split, or a streaming source) in order, in global batches (the last
   padded): yields (this process's rows of the batch, {'image', 'label', 'valid'} with 'valid'
-  marking the real ones, number of real points in the global batch)."""
+  marking the real ones, number of real points in the global batch); a source is read on `threads`
+  host threads (0: streaming.default_threads())."""
   if not isinstance(split, Split):
     from ohc_jax import streaming
-    yield from streaming.eval_batches(split, global_batch, process_index, process_count)
+    yield from streaming.eval_batches(split, global_batch, process_index, process_count,
+                                      threads or streaming.default_threads())
     return
   local = global_batch // process_count
   for start in range(0, len(split), global_batch):

@@ -22,6 +22,7 @@ RESUMABLE_FIELDS = frozenset({
     'distributed', 'coordinator_address', 'num_processes', 'process_id', 'log_every_steps',
     'progress_bar', 'checkpoint_every_steps', 'keep_checkpoints', 'plots_every_epochs',
     'profile_steps', 'input_mode', 'max_host_memory_gb', 'eval_every_steps', 'skip_bad_records',
+    'input_threads',
 })
 
 

@@ -199,7 +199,8 @@ def _start(config, workdir: str, overwrite: bool, clock):
     exp = experiment.build(config, experiment.InputSpec.of(data))
     resume.prepare(config, workdir, overwrite)
     feed = input_pipeline.train_feed(data.train, config.batch_size, config.seed,
-                                     jax.process_index(), jax.process_count())
+                                     jax.process_index(), jax.process_count(),
+                                     config.input_threads)
     state, pos = exp.init_state(), Position()
     if config.warm_start and not resuming:
       first = input_pipeline.epoch_permutation(len(data.train), config.seed, 1)

@@ -83,6 +83,7 @@ INVALID = {
     'input_mode': ['disk'],
     'max_host_memory_gb': ['0', 'nan'],
     'skip_bad_records': ['maybe'],
+    'input_threads': ['-1'],
 }
 
 

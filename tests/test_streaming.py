@@ -45,13 +45,13 @@ def test_image_source_decodes_what_was_written(image_set):
   np.testing.assert_array_equal(batch['label'], split.labels[rows])
 
 
-@pytest.mark.parametrize('process_count', [1, 2])
-def test_stream_feed_gives_train_feeds_batches(image_set, process_count):
+@pytest.mark.parametrize('process_count, threads', [(1, 1), (1, 3), (2, 2)])
+def test_stream_feed_gives_train_feeds_batches(image_set, process_count, threads):
   root, split = image_set
   source = streaming.ImageSource(root, 'train')
   for index in range(process_count):
     stream = streaming.StreamFeed(source, 16, seed=3, process_index=index,
-                                  process_count=process_count)
+                                  process_count=process_count, threads=threads)
     memory = input_pipeline.TrainFeed(split, 16, seed=3, process_index=index,
                                       process_count=process_count)
     assert stream.steps_per_epoch == memory.steps_per_epoch == 4
