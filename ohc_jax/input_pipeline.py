@@ -427,9 +427,16 @@ def eval_batches(split, global_batch: int, process_index: int = 0, process_count
                                       threads or streaming.default_threads())
     return
   local = global_batch // process_count
-  for start in range(0, len(split), global_batch):
-    valid = min(global_batch, len(split) - start)
-    lo = start + process_index * local
-    rows = slice(lo, min(lo + local, start + valid))
+  for rows, valid in eval_rows(len(split), global_batch, process_index, process_count):
     images, real = pad_rows(split.images[rows], local)
     yield {'image': images, 'label': pad_rows(split.labels[rows], local)[0], 'valid': real}, valid
+
+
+def eval_rows(n: int, global_batch: int, process_index: int,
+              process_count: int) -> Iterator[tuple[slice, int]]:
+  """(this process's rows of each global batch of n points in order, real points in the batch)."""
+  local = global_batch // process_count
+  for start in range(0, n, global_batch):
+    valid = min(global_batch, n - start)
+    lo = start + process_index * local
+    yield slice(lo, min(lo + local, start + valid)), valid

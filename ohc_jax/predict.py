@@ -10,8 +10,9 @@ r"""Label new data with a trained model, point-wise (the paper's inference rule:
   model's input;
 - a .npz holding `x` (the inputs; optionally `ids` naming the rows, otherwise id = the row number;
   a `y` is ignored), or a .npy holding x; shaped (N, H, W, C) or, for one channel, (N, H, W);
-- `tfds:NAME:SPLIT` (e.g. `tfds:cifar10:test`, `tfds:mnist:test[:1000]`): a prepared tfds data set
-  (under --data_dir, else the run's data_dir, else $TFDS_DATA_DIR); id = the row number.
+- `tfds:NAME:SPLIT` (e.g. `tfds:cifar10:test`, `tfds:cifar10:3.0.2:test`, `tfds:mnist:test[:1000]`):
+  a prepared tfds data set (under --data_dir, else the run's data_dir, else $TFDS_DATA_DIR), its
+  feature the run's image_key, resized as the run's image_size resized; id = the row number.
 
 Inputs hold pixel values as the training data set stores them (uint8 for the tfds images, 0..16 for
 scikit-learn's digits) and must have the training input's height, width and channels.
@@ -89,23 +90,25 @@ def _load_array(path: str, expected: tuple) -> tuple[list, np.ndarray]:
   return [str(i) for i in ids.tolist()], array
 
 
-def _load_tfds(spec: str, expected: tuple, data_dir: Optional[str]) -> tuple[list, np.ndarray]:
-  parts = spec.split(':', 2)
-  if len(parts) != 3 or not parts[1] or not parts[2]:
+def _load_tfds(spec: str, expected: tuple, data_dir: Optional[str], image_key: str,
+               image_size: int) -> tuple[list, np.ndarray]:
+  name, _, split = spec.removeprefix('tfds:').rpartition(':')  # NAME may hold ':VERSION'.
+  if not name or not split:
     raise UsageError(f'--input={spec}: write a tfds data set as tfds:NAME:SPLIT, e.g. '
-                     f'tfds:cifar10:test')
-  _, name, split = parts
+                     f'tfds:cifar10:test or tfds:cifar10:3.0.2:test')
   images, _, _, _ = readers.read_tfds(name, [split], data_dir,
-                                      fix='point --data_dir at a tfds data dir that holds it')
+                                      fix='point --data_dir at a tfds data dir that holds it',
+                                      image_key=image_key, image_size=image_size)
   array = _fit(images, expected, f'{name}:{split}')
   return [str(i) for i in range(len(array))], array
 
 
-def input_chunks(spec: str, expected: tuple, chunk: int,
-                 data_dir: Optional[str] = None) -> Iterator[tuple[list, np.ndarray]]:
-  """(ids, images) chunks of at most `chunk` rows from any supported --input."""
+def input_chunks(spec: str, expected: tuple, chunk: int, data_dir: Optional[str] = None,
+                 image_key: str = 'image', image_size: int = 0) -> Iterator[tuple[list, np.ndarray]]:
+  """(ids, images) chunks of at most `chunk` rows from any supported --input (a tfds set's
+  image_key feature, resized to image_size as training resized it)."""
   if spec.startswith('tfds:'):
-    ids, array = _load_tfds(spec, expected, data_dir)
+    ids, array = _load_tfds(spec, expected, data_dir, image_key, image_size)
   elif os.path.isdir(spec):
     yield from _folder_chunks(spec, expected, chunk)
     return
@@ -188,7 +191,8 @@ def predict(args, rest) -> None:
       print(f'warning: the cluster -> class map is from step {meta.get("cluster_to_class_step")}, '
             f'the model from step {trained.step}', file=sys.stderr)
     data_dir = args.data_dir or meta['config'].get('data_dir')
-    chunks = input_chunks(args.input, expected, trained.config.eval_batch_size, data_dir)
+    chunks = input_chunks(args.input, expected, trained.config.eval_batch_size, data_dir,
+                          trained.config.image_key, trained.config.image_size)
     tmp = os.path.join(out_dir, f'.{os.path.basename(args.output)}.{os.getpid()}.tmp')
     count = 0
     with open(tmp, 'w', newline='') as f:

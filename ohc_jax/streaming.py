@@ -7,19 +7,19 @@ a function of (seed, epoch)), so `StreamFeed` gives the very batches `TrainFeed`
 thread pool reads and decodes whole batches ahead. Each process reads only its rows of each global
 batch; resuming at step s slices the permutation (no record is read and dropped); host memory holds
 the permutation (8 bytes a point; a vectors file's labels 8 more) and `prefetch` batches. Records
-are decoded by our own code, a protobuf parse and OpenCV's PNG decoder: 9-12k img/s a thread,
-1.5-2x tfds's generic decoding (5.8-6.6k img/s with OpenCV, 3.4k with its PIL fallback).
+are parsed by our own tf.train.Example class (`example_class`: TensorFlow, ~0.5 GB, stays out of
+the process) and decoded by OpenCV (PNG, JPEG: 1.5-2x tfds's generic decoding), or, stored raw
+(launch/to_array_record.py --encoding=raw), not decoded at all; `image_size` resizes on the same
+threads (readers.resize_crop, as memory mode does). With `skip_bad`, a record that does not decode
+is replaced by the next one that does and marked in the batch's 'skipped'.
 
 Rejected: tf.data over TFRecord shards (resuming at step s reads and drops s batches, or needs
 per-shard offsets; its shuffle is a window, not a permutation); grain 0.2.18 (installs under our
 pins; its MapDataset and IndexSampler give what `StreamFeed` does in 40 lines, with its own order).
 
-Measured (launch/stream_benchmark.py; batch 256, 2 threads; 2 CPU cores shared, load 6-9, so
-throughputs are floors): CIFAR-10 train 5,100-7,100 img/s, peak RSS 786 MB (memory mode: 1,456 MB,
-its reader 469,000 img/s); the synthetic 1.2M-image set 2,700-4,900 img/s, peak RSS 811-813 MB
-(+3%). First batch at 10% / 90% of an epoch: CIFAR-10 0.21-0.45 s / 0.09-0.16 s, 1.2M set
-0.6-1.6 s / 0.5-2.5 s (cold page cache, random reads), with no trend in the position. Decoding
-bounds the rate: reading the records alone runs at 73-89k img/s.
+Measured (docs/benchmarks.md, --suite=input, 2 shared CPU cores): the train step fed from a stream
+at 75-92% of memory mode's images/s, peak RSS 932-981 MB against memory mode's 1,140 MB, the same
+for CIFAR-10 and a 1.2M-image set; resuming anywhere in an epoch in hundredths of a second.
 """
 
 import collections
@@ -33,7 +33,7 @@ import numpy as np
 
 from ohc_jax import readers
 from ohc_jax.errors import UsageError
-from ohc_jax.input_pipeline import epoch_permutation, pad_rows
+from ohc_jax.input_pipeline import epoch_permutation, eval_rows, pad_rows
 
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
@@ -276,14 +276,13 @@ def eval_batches(source, global_batch: int, process_index: int = 0, process_coun
                  threads: int = 2, prefetch: int = 4) -> Iterator[tuple[dict, int]]:
   """input_pipeline.eval_batches over a source, with the labels: yields (this process's rows of
   each global batch in order, padded, {'image', 'label', 'valid'}; real points in the batch)."""
-  local, n = global_batch // process_count, len(source)
-  starts = range(0, n, global_batch)
-  lo = lambda start: start + process_index * local
-  rows = (np.arange(lo(s), min(lo(s) + local, s + global_batch, n)) for s in starts)
-  for start, batch in zip(starts, _read_ahead(source.read, rows, threads, prefetch)):
-    images, valid = pad_rows(batch.pop('image'), local)
-    yield ({'image': images, **{k: pad_rows(v, local)[0] for k, v in batch.items()},
-            'valid': valid}, min(global_batch, n - start))
+  local = global_batch // process_count
+  batches = list(eval_rows(len(source), global_batch, process_index, process_count))
+  rows = (np.arange(r.start, max(r.start, r.stop)) for r, _ in batches)
+  for (_, valid), batch in zip(batches, _read_ahead(source.read, rows, threads, prefetch)):
+    images, real = pad_rows(batch.pop('image'), local)
+    yield {'image': images, **{k: pad_rows(v, local)[0] for k, v in batch.items()},
+           'valid': real}, valid
 
 
 def shard_path(dataset_dir: str, name: str, split: str, index: int, count: int) -> str:

@@ -49,6 +49,12 @@ def test_any_tfds_image_set_trains(tmp_path, dataset, image_size, shape, scale):
   results, record = _run(config, tmp_path, 48)
   assert results['num_train'] == 96 and record['step'] == 3  # Paper: train + test.
   assert sum(record['hard_sizes']) == 96
+  # Labelling the set takes its name (with the version) and resizes as training did.
+  from ohc_jax import predict
+  with tfds.testing.mock_data(num_examples=48):
+    code = predict.run([f'--workdir={tmp_path}', f'--input={dataset}:test',
+                        f'--output={tmp_path / "labels.csv"}'])
+  assert code == 0 and len((tmp_path / 'labels.csv').read_text().splitlines()) == 49
 
 
 def test_resize_keeps_the_centre_of_the_shorter_side():
