@@ -8,7 +8,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ohc_jax import input_pipeline, metrics, sharding
+from ohc_jax import input_pipeline, interrupts, metrics, sharding
+from ohc_jax.errors import UsageError
 
 
 @dataclasses.dataclass
@@ -26,9 +27,17 @@ def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray]
   config.constrained_eval), batch by batch; the outputs kept (rows `sample`, sorted, or all) are
   gathered to every process as NumPy arrays."""
   acc, kept, start, skipped = metrics.Accumulator(config.num_clusters), [], 0, 0
-  for batch, valid in input_pipeline.eval_batches(split, config.eval_batch_size,
-                                                  jax.process_index(), jax.process_count(),
-                                                  config.input_threads):
+  batches, failure = input_pipeline.eval_batches(split, config.eval_batch_size,
+                                                 jax.process_index(), jax.process_count(),
+                                                 config.input_threads), None
+  for _, valid in input_pipeline.eval_rows(len(split), config.eval_batch_size,
+                                           jax.process_index(), jax.process_count()):
+    try:
+      batch = next(batches)[0] if failure is None else _blank(split, config)
+    except UsageError as e:  # Several processes: blank batches, then all stop together.
+      if jax.process_count() == 1:
+        raise
+      batch, failure = _blank(split, config), e
     host = {key: batch.pop(key) for key in ('label', 'skipped') if key in batch}
     out = eval_step(state, sharding.to_global(batch, mesh))
     out = multihost_utils.process_allgather({**out, **host}, tiled=True)
@@ -42,8 +51,17 @@ def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray]
       rows, skipped = rows[keep[rows]], skipped + int((~keep[:valid]).sum())
     kept.append({key: value[rows] for key, value in out.items()})
     start += valid
+  interrupts.agree_on_failure(failure)
   return Evaluation(acc, {key: np.concatenate([k[key] for k in kept]) for key in kept[0]},
                     skipped)
+
+
+def _blank(split, config) -> dict:
+  """A batch of no points, with the keys the other processes' batches have."""
+  local = config.eval_batch_size // jax.process_count()
+  return {'image': np.zeros((local,) + tuple(split.shape[1:]), split.dtype),
+          'label': np.zeros(local, np.int64), 'valid': np.zeros(local, bool),
+          **({'skipped': np.zeros(local, bool)} if getattr(split, 'marks_skipped', False) else {})}
 
 
 def eval_sample(config, n: int) -> Optional[np.ndarray]:

@@ -1,12 +1,13 @@
-"""SIGTERM and SIGINT during training: `StopOnSignal` asks the loop to stop; the loop saves a
-checkpoint and raises `Interrupted`."""
+"""Stopping a run together: SIGTERM and SIGINT during training (`StopOnSignal` asks the loop to
+stop; the loop saves a checkpoint and raises `Interrupted`), and the input failure of one of
+several processes (`agree_on_failure`: every process stops, none saves past it)."""
 
 import os
 import signal
 import threading
 from typing import Optional
 
-from ohc_jax.errors import Interrupted  # pylint: disable=unused-import  (interrupts.Interrupted)
+from ohc_jax.errors import Interrupted, UsageError  # pylint: disable=unused-import  (Interrupted)
 
 
 class StopOnSignal:
@@ -56,3 +57,22 @@ class StopOnSignal:
     got = multihost_utils.process_allgather(np.int32(self.signum or 0))
     got = [int(g) for g in np.ravel(got) if int(g)]
     return got[0] if got else None
+
+
+def agree_on_failure(failure: Optional[Exception]) -> None:
+  """Raises a process's input failure on every process (a collective, like `agreed`): the failing
+  one raises its own, the others a one-line UsageError naming it. A process whose input fails goes
+  on with blank batches until this point, so that none waits for it in a step's collectives."""
+  import jax
+  if jax.process_count() == 1:
+    if failure is not None:
+      raise failure
+    return
+  import numpy as np
+  from jax.experimental import multihost_utils
+  failed = np.flatnonzero(np.ravel(multihost_utils.process_allgather(np.int32(failure is not None))))
+  if failure is not None:
+    raise failure
+  if len(failed):
+    raise UsageError(f'process {failed[0]} could not read its input (its log says why), so every '
+                     f'process stopped: fix the data, then rerun to resume')

@@ -114,6 +114,11 @@ class ImageSource:
   def __len__(self):
     return len(self._records)
 
+  @property
+  def marks_skipped(self) -> bool:
+    """Whether batches carry 'skipped' (skip_bad)."""
+    return self._skip_bad
+
   @staticmethod
   def decoder(shape: tuple) -> Callable[[bytes], np.ndarray | None]:
     """PNG or JPEG bytes -> a (H, W, C) uint8 image of `shape`'s channels, as tfds decodes them
@@ -197,6 +202,10 @@ class ConcatSource:
 
   def __len__(self):
     return int(self._starts[-1])
+
+  @property
+  def marks_skipped(self) -> bool:
+    return any(getattr(s, 'marks_skipped', False) for s in self._sources)
 
   def read(self, rows: np.ndarray) -> dict:
     part = np.searchsorted(self._starts, rows, side='right') - 1

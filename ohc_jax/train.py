@@ -69,6 +69,19 @@ def _raise_if_bad(state) -> None:
                          f'of step {bad}; lower --config.learning_rate or check the input data')
 
 
+def _next_batch(batches, failure, blank: dict):
+  """(the next training batch, failure): several processes go on with a blank batch after their
+  input fails, until interrupts.agree_on_failure raises it everywhere."""
+  if failure is None:
+    try:
+      return next(batches), None
+    except UsageError as e:
+      if jax.process_count() == 1:
+        raise
+      failure = e
+  return dict(blank), failure
+
+
 def _batches(feed, step: int):
   """The training batches from global step `step` on, epoch after epoch."""
   epoch, first = divmod(step, feed.steps_per_epoch)
@@ -110,6 +123,10 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   start, total = (pos.epoch - 1) * spe + pos.step_in_epoch, config.num_epochs * spe
   batches, loss_sum = _batches(run.feed, start), jnp.float32(pos.loss_sum)
   unsynced = 0  # This process's stand-ins since pos.skipped_records was last brought up to date.
+  failure = None  # This process's input failure, raised where the processes agree.
+  local = config.batch_size // jax.process_count()
+  blank = {'image': np.zeros((local,) + tuple(exp.spec.shape), exp.spec.dtype),
+           'label': np.zeros(local, np.int64)}
   try:
     with interrupts.StopOnSignal() as stop:
       clock.loop(True)
@@ -120,7 +137,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           run.bar.new_epoch(step)
         run.profile.step(step)
         with clock('compile') if step == start else _NO_TIMER:
-          batch = next(batches)
+          batch, failure = _next_batch(batches, failure, blank)
           unsynced += int(batch.pop('skipped', np.zeros(0, bool)).sum())
           state, step_metrics = exp.train_step(state, exp.to_global(batch))
           if step == start:
@@ -133,8 +150,13 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           with clock('log'):
             _raise_if_bad(state)
             run.writer.write_step(done, run.bar.scalars(pos.epoch, done, step_metrics))
-        signum = stop.agreed() if (jax.process_count() == 1 or itstime(done, spe) or
-                                   itstime(done, config.log_every_steps)) else None
+        agree = (jax.process_count() == 1 or itstime(done, spe) or
+                 itstime(done, config.log_every_steps) or
+                 itstime(done, config.checkpoint_every_steps) or
+                 itstime(done, config.eval_every_steps))
+        if agree:  # Before any checkpoint: none is saved past a failure.
+          interrupts.agree_on_failure(failure)
+        signum = stop.agreed() if agree else None
         if config.skip_bad_records and (signum or itstime(done, spe) or
                                         itstime(done, config.eval_every_steps) or
                                         itstime(done, config.checkpoint_every_steps)):

@@ -351,3 +351,44 @@ def test_two_processes_stream_their_own_rows_and_match_one_process(data_dir, tmp
   assert multi['train_loss'] == pytest.approx(one['train_loss'], rel=1e-5)
   assert multi['hard_sizes'] == one['hard_sizes']
   assert multi['acc'] == one['acc'] and multi['nmi'] == pytest.approx(one['nmi'])
+
+
+def test_a_bad_record_in_one_of_two_processes_stops_both_then_skipping_resumes(tmp_path):
+  """The process that reads record 40 names it, the other names that process; both exit 2 at
+  once (no process waits in a collective), no checkpoint is past the failing step, and a rerun
+  of both with skip_bad_records resumes and finishes."""
+  _set_with_a_bad_record(tmp_path)
+  work = tmp_path / 'run'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()] + [
+      f'--workdir={work}', f'--config.data_dir={tmp_path}', '--config.progress_bar=False',
+      '--config.plots_every_epochs=0', '--config.eval_split=train',
+      '--config.checkpoint_every_steps=1', '--config.distributed=True',
+      '--config.num_processes=2']
+
+  def run_both(*more):
+    port = _free_ports(1)[0]
+    procs = [subprocess.Popen([sys.executable, '-m', 'ohc_jax.main', *flags, *more,
+                               f'--config.coordinator_address=127.0.0.1:{port}',
+                               f'--config.process_id={i}'], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+              for i in range(2)]
+    try:
+      return [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    finally:
+      for p in procs:
+        p.kill()
+
+  (code0, err0), (code1, err1) = run_both()
+  position = int(np.flatnonzero(input_pipeline.epoch_permutation(64, 0, 1) == 40)[0])
+  reader = position % 16 // 8  # The process whose half of the batch holds record 40.
+  errors = [err0, err1]
+  assert code0 == code1 == 2 and not any('Traceback' in e for e in errors)
+  assert 'record 40 does not decode' in errors[reader].strip().splitlines()[-1]
+  assert errors[1 - reader].strip().splitlines()[-1].startswith(
+      f'error: process {reader} could not read its input')
+  assert max(checkpoints.committed_steps(work), default=0) <= position // 16
+  assert [c for c, _ in run_both('--config.skip_bad_records=True')] == [0, 0]
+  final = json.loads((work / 'results.json').read_text())['final']
+  assert final['skipped_records'] == {'train': 2, 'eval': 1} and final['step'] == 8
