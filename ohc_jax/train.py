@@ -82,6 +82,13 @@ def _next_batch(batches, failure, blank: dict):
   return dict(blank), failure
 
 
+def _sum_over_processes(count: int) -> int:
+  """A count summed over the processes (a collective)."""
+  if jax.process_count() == 1:
+    return count
+  return int(multihost_utils.process_allgather(np.int64(count)).sum())
+
+
 def _batches(feed, step: int):
   """The training batches from global step `step` on, epoch after epoch."""
   epoch, first = divmod(step, feed.steps_per_epoch)
@@ -157,10 +164,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         if agree:  # Before any checkpoint: none is saved past a failure.
           interrupts.agree_on_failure(failure)
         signum = stop.agreed() if agree else None
-        if config.skip_bad_records and (signum or itstime(done, spe) or
-                                        itstime(done, config.eval_every_steps) or
-                                        itstime(done, config.checkpoint_every_steps)):
-          pos.skipped_records += int(multihost_utils.process_allgather(np.int64(unsynced)).sum())
+        if config.skip_bad_records and agree:  # Before any checkpoint or evaluation record.
+          pos.skipped_records += _sum_over_processes(unsynced)
           unsynced = 0
         if itstime(done, config.eval_every_steps) and not itstime(done, spe):
           jax.block_until_ready(state)
