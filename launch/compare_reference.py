@@ -5,7 +5,7 @@ r"""Side by side with the PyTorch reference (github.com/Lou1sM/online_hard_clust
       --dataset=cifar10 --data_dir=../shared/data/tfds --epochs=1 --subset=5000
 
 (a) Feeds identical cost tables, float64 and then float32, to the reference's own assignment routine
-    (`ClusterNet.assign_batch_probabilistic`) and to `ohc_jax.assign.combination_assign`, and reports
+    (`ClusterNet.assign_batch_probabilistic`) and to `ohc_jax.core.assign.combination_assign`, and reports
     the fraction of identical labels and both times per batch.
 (b) Trains both on the same data (the first --subset points of train+test, the paper's protocol) with
     the same hyperparameters, and prints their metrics and training images/s side by side.
@@ -239,7 +239,7 @@ def reference_assign_fn(reference):
 def our_assign_fn(dtype: str):
   import jax
   import jax.numpy as jnp
-  from ohc_jax import assign
+  from ohc_jax.core import assign
   jax.config.update('jax_enable_x64', True)
   fn = jax.jit(assign.combination_assign)
   return lambda costs: jax.block_until_ready(fn(jnp.asarray(costs, dtype))[0])
@@ -264,7 +264,8 @@ def part_assign(reference) -> dict:
 
 
 def _data(dataset: str, data_dir, subset: int):
-  from ohc_jax import configuration, input_pipeline
+  from ohc_jax import configuration
+  from ohc_jax.data import input_pipeline
   config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, f'{dataset}.py'))
   config.update(data_dir=data_dir, max_examples=subset)
   return config, input_pipeline.load(config)
@@ -317,7 +318,7 @@ def crash_status(error: BaseException) -> str:
 
 
 def train_ours(config, method: str, epochs: int) -> dict:
-  from ohc_jax import train
+  from ohc_jax.run import train
   config.update(method=method, num_epochs=epochs, progress_bar=False, seed=_SEED.value)
   with tempfile.TemporaryDirectory() as workdir:
     results = train.train_and_evaluate(config, workdir)
@@ -366,7 +367,7 @@ def run() -> None:
 
 def main(argv):
   del argv
-  from ohc_jax import conv
+  from ohc_jax.models import conv
   conv.configure_xla_cpu()  # Before JAX starts its backend.
   logging.set_verbosity(logging.WARNING)
   try:

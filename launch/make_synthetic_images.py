@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ohc_jax import streaming  # noqa: E402
+from ohc_jax.data import streaming  # noqa: E402
 
 NAME, CLASSES = 'synthetic_images', 10
 

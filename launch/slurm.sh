@@ -23,7 +23,8 @@ export OHC_JAX_CACHE="${OHC_JAX_CACHE:-/tmp/${USER}/ohc_jax}"
 srun --ntasks-per-node=1 --ntasks="${SLURM_JOB_NUM_NODES}" python -c '
 import sys
 from absl import flags
-from ohc_jax import configuration, input_pipeline, main
+from ohc_jax import configuration, main
+from ohc_jax.data import input_pipeline
 values = flags.FlagValues()
 main.parse_flags(["main", *sys.argv[1:]], values)
 configuration.validate(values.config)

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _feed(mode: str, where: str, batch: int, threads: int):
-  from ohc_jax import input_pipeline, streaming
+  from ohc_jax.data import input_pipeline, streaming
   if mode == 'stream':
     return streaming.StreamFeed(streaming.ImageSource(where, 'train'), batch, seed=0,
                                 threads=threads)

@@ -1,5 +1,5 @@
 r"""Copies a prepared tfds data set from TFRecord into ArrayRecord, the random-access format
-ohc_jax/streaming.py reads (`tfds convert_format` does this too, but needs Apache Beam).
+ohc_jax/data/streaming.py reads (`tfds convert_format` does this too, but needs Apache Beam).
 
   python launch/to_array_record.py /work/shared/data/tfds/cifar10/3.0.2 /tmp/tfds_ar/cifar10/3.0.2
   python launch/to_array_record.py SRC /tmp/tfds_ar/cifar10_raw/3.0.2 --encoding=raw
@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ohc_jax import streaming  # noqa: E402
+from ohc_jax.data import streaming  # noqa: E402
 
 
 def _raw(src: str, image_key: str):

@@ -2,4 +2,4 @@
 
 __version__ = '0.1.0'
 
-from ohc_jax import timing as _timing  # pylint: disable=g-import-not-at-top  (starts the run clock)
+from ohc_jax.run import timing as _timing  # pylint: disable=g-import-not-at-top  (starts the run clock)

@@ -81,7 +81,8 @@ def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
   """Images/s of the reference's default CIFAR-10 setup (simp encoder, K=10; docs/fidelity.md)
   with the given method."""
   import numpy as np
-  from ohc_jax import configuration, experiment
+  from ohc_jax import configuration
+  from ohc_jax.run import experiment
   config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, 'cifar10.py'))
   config.update(method=method, batch_size=batch_size, num_devices=num_devices,
                 assign_impl=assign_impl)
@@ -123,7 +124,7 @@ def _ms_per_call(fn, tables, repeats, calls):
 def _assign_fn(impl, handover=True):
   """The jitted assignment, returning (labels, counts, loop iterations)."""
   import jax
-  from ohc_jax import assign
+  from ohc_jax.core import assign
   if handover:
     return jax.jit(lambda c: assign.combination_assign_with_rounds(c, impl=impl))
   return jax.jit(lambda c: assign._parallel(c, jax.numpy.zeros(c.shape[1], 'int32'),
@@ -151,8 +152,11 @@ def training_tables(config, epochs: int) -> dict:
   ...}, taken by the train step's own forward pass just before each step."""
   import jax
   import numpy as np
-  from ohc_jax import experiment, imbalance, input_pipeline, models
-  from ohc_jax.costs import param_costs
+  from ohc_jax import models
+  from ohc_jax.core import imbalance
+  from ohc_jax.data import input_pipeline
+  from ohc_jax.run import experiment
+  from ohc_jax.core.costs import param_costs
   config.update(num_devices=1, num_epochs=epochs)
   data = input_pipeline.load(config)
   exp = experiment.build(config, experiment.InputSpec.of(data))
@@ -268,7 +272,9 @@ def suite_scaling() -> dict:
 def _input_feed(mode: str, where: str, batch_size: int):
   """(feed, InputSpec) of an input mode: 'memory' (TrainFeed over tfds cifar10 in the data dir
   `where`, from the tfds cache) or 'stream' (StreamFeed over the ArrayRecord data set `where`)."""
-  from ohc_jax import configuration, experiment, input_pipeline, streaming
+  from ohc_jax import configuration
+  from ohc_jax.data import input_pipeline, streaming
+  from ohc_jax.run import experiment
   if mode == 'memory':
     config = configuration.base_config()
     config.update(dataset='cifar10', data_dir=where, protocol='holdout')
@@ -286,7 +292,8 @@ def input_case(mode: str, where: str, batch_size: int, steps: int, warmup: int) 
   when resuming at 10% and at 90% of an epoch; and the process's peak RSS. Run it alone in a
   process (`_input_in_child`), so the peak is this feed's."""
   import jax
-  from ohc_jax import configuration, experiment
+  from ohc_jax import configuration
+  from ohc_jax.run import experiment
   feed, spec = _input_feed(mode, where, batch_size)
   if feed.steps_per_epoch < warmup + steps:
     raise UsageError(f'{where}: an epoch of {feed.steps_per_epoch} steps is shorter than '

@@ -88,7 +88,7 @@ def main(tool: Tool, parse: Parser = parse_flags, *, absl_verbosity: int = loggi
     # Not the INFO line "Unable to initialize backend 'tpu'"; its warnings (a GPU without a CUDA
     # jaxlib) still show.
     py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.WARNING)
-    from ohc_jax import conv
+    from ohc_jax.models import conv
     conv.configure_xla_cpu()  # Before JAX starts its backend.
     return _exit_code(tool, flags.FLAGS, args[1:])
 

@@ -9,10 +9,12 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from ohc_jax import assign, imbalance, input_pipeline, models
-from ohc_jax.costs import COVARIANCES
+from ohc_jax import models
+from ohc_jax.core import assign, imbalance
+from ohc_jax.data import input_pipeline
+from ohc_jax.core.costs import COVARIANCES
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import IMAGE_METHODS, METHODS, SOFT_TRAIN_METHODS
+from ohc_jax.core.methods import IMAGE_METHODS, METHODS, SOFT_TRAIN_METHODS
 
 PROTOCOLS = ('paper', 'holdout')
 ASSIGNMENT_SCOPES = ('global', 'device')

@@ -20,9 +20,8 @@ class NonFiniteError(RuntimeError):
 class Interrupted(Exception):
   """SIGTERM or SIGINT: a checkpoint was saved and the run stopped; rerunning resumes it."""
 
-  def __init__(self, signum: int, step: int, workdir: str):
-    from ohc_jax.checkpoints import checkpoint_dir  # Here, not at the top: it loads Orbax.
+  def __init__(self, signum: int, step: int, checkpoints: str):
     self.signum, self.step = signum, step
     self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them.
     super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved '
-                     f'in {checkpoint_dir(workdir)}; rerun the same command to resume')
+                     f'in {checkpoints}; rerun the same command to resume')

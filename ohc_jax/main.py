@@ -82,7 +82,7 @@ def train(flag_values, args) -> None:
                      f'fields as --config.FIELD=VALUE')
   if not flag_values.workdir:
     raise UsageError('--workdir is required: name the folder for the run\'s outputs')
-  from ohc_jax import train as train_lib
+  from ohc_jax.run import train as train_lib
   train_lib.train_and_evaluate(flag_values.config, flag_values.workdir,
                                overwrite=flag_values.overwrite)
 

@@ -4,7 +4,7 @@ r"""Label new data with a trained model, point-wise (the paper's inference rule:
   python -m ohc_jax.predict --workdir=runs/c10 --input=batch.npz --output=labels.csv
   python -m ohc_jax.predict --workdir=runs/c10 --input=tfds:cifar10:test --output=labels.csv
 
---input is one of (read by ohc_jax.readers, as training reads its data):
+--input is one of (read by ohc_jax.data.readers, as training reads its data):
 - a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff; searched recursively,
   taken in sorted order; id = the path relative to the folder), converted to grey or RGB as the
   model's input;
@@ -33,7 +33,7 @@ from ohc_jax import cli  # pylint: disable=g-bad-import-order  (first: quiet Ten
 import numpy as np
 from absl import flags, logging
 
-from ohc_jax import readers
+from ohc_jax.data import readers
 from ohc_jax.errors import UsageError
 
 
@@ -130,7 +130,8 @@ def predict_chunks(trained, chunks) -> Iterator[tuple[list, np.ndarray, np.ndarr
   """(ids, cluster, cost) per chunk: the jitted evaluation step over every device, padded."""
   import jax
 
-  from ohc_jax import input_pipeline, sharding
+  from ohc_jax import sharding
+  from ohc_jax.data import input_pipeline
   for ids, images in chunks:
     images, real = input_pipeline.pad_rows(images, trained.config.eval_batch_size)
     out = trained.eval_step(trained.state, sharding.to_global({'image': images}, trained.mesh))
@@ -181,7 +182,7 @@ def predict(args, rest) -> None:
     if not (args.input.startswith('tfds:') or os.path.exists(args.input)):
       raise UsageError(f'--input={args.input} does not exist: give a folder of images, a .npy/'
                        f'.npz file or tfds:NAME:SPLIT')
-    from ohc_jax.inference import load_trained
+    from ohc_jax.run.inference import load_trained
     trained = load_trained(args.workdir, step=args.step, num_devices=args.num_devices,
                            eval_batch_size=args.batch_size)
     meta = trained.meta

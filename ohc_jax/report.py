@@ -2,7 +2,7 @@ r"""Every plot of a run, from its workdir: python -m ohc_jax.report WORKDIR (or 
 
 Restores the latest usable checkpoint (or --step), evaluates it on the run's evaluation data (the
 data set is loaded as the run loaded it; --data_dir if it has moved) and writes the PNGs of
-ohc_jax.plots into WORKDIR/plots/ (or --out). Works on finished and unfinished runs. Bad input (no
+ohc_jax.run.plots into WORKDIR/plots/ (or --out). Works on finished and unfinished runs. Bad input (no
 such workdir, no checkpoint, data not found): one line, exit code 2.
 """
 
@@ -17,14 +17,15 @@ from ohc_jax.errors import UsageError
 
 def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: str = None) -> list:
   """Writes the plots of the run in workdir; returns their paths."""
-  from ohc_jax.inference import load_trained
+  from ohc_jax.run.inference import load_trained
   if not os.path.isdir(workdir):
     raise UsageError(f'{workdir} does not exist: name the workdir of a training run')
   trained = load_trained(workdir, step=step)
   import jax
   import numpy as np
 
-  from ohc_jax import evaluation, input_pipeline, plots
+  from ohc_jax.data import input_pipeline
+  from ohc_jax.run import evaluation, plots
   config = trained.config
   if data_dir:
     config.data_dir = data_dir

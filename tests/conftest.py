@@ -32,7 +32,8 @@ def build():
   def make(config, num_devices=1, num_train=None):
     import dataclasses
 
-    from ohc_jax import experiment, input_pipeline
+    from ohc_jax.data import input_pipeline
+    from ohc_jax.run import experiment
     config.num_devices = num_devices
     data = input_pipeline.load(config)
     spec = experiment.InputSpec.of(data)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ohc_jax import assign
+from ohc_jax.core import assign
 import assign_tables
 from assign_tables import definition
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import assign_tables
-from ohc_jax import assign
+from ohc_jax.core import assign
 
 
 def _rounds_only(shortcuts):

@@ -14,11 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from ohc_jax import checkpoints, configuration, interrupts, steps, train
-from ohc_jax import resume
+from ohc_jax import configuration
+from ohc_jax.run import checkpoints, interrupts, steps, train
+from ohc_jax.run import resume
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
-from ohc_jax.inference import load_trained
+from ohc_jax.run.inference import load_trained
 
 pytestmark = pytest.mark.slow  # Every test trains a model (most share a module fixture that does).
 
@@ -252,7 +253,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_then_resumes_exactly(finished, tmp
 def test_a_checkpoint_of_an_older_state_restores_with_new_fields_initialised(tmp_path, capsys):
   import flax
   from ohc_jax import models, sharding
-  from ohc_jax.train_state import create_train_state, make_optimizer
+  from ohc_jax.run.train_state import create_train_state, make_optimizer
 
   c = _digits()
   mesh = sharding.make_mesh(c)

@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, methods, models, steps, train
-from ohc_jax.costs import param_costs
+from ohc_jax import configuration, models
+from ohc_jax.core import methods
+from ohc_jax.run import steps, train
+from ohc_jax.core.costs import param_costs
 from ohc_jax.errors import UsageError
-from ohc_jax.train_state import create_train_state, make_optimizer
-from ohc_jax.inference import load_trained
+from ohc_jax.run.train_state import create_train_state, make_optimizer
+from ohc_jax.run.inference import load_trained
 
 
 @pytest.mark.parametrize('shape', [(32, 32, 3), (28, 28, 1), (8, 8, 1), (96, 96, 3)])

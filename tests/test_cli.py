@@ -7,7 +7,8 @@ import sys
 import pytest
 from absl import flags
 
-from ohc_jax import cli, configuration, main, predict, report, resume
+from ohc_jax import cli, configuration, main, predict, report
+from ohc_jax.run import resume
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import Interrupted, NonFiniteError, UsageError
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ohc_jax import assign
+from ohc_jax.core import assign
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import conv
+from ohc_jax.models import conv
 
 
 def _assert_trees_close(a, b, tol):

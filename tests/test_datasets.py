@@ -10,7 +10,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from ohc_jax import configuration, input_pipeline, models, readers, train
+from ohc_jax import configuration, models
+from ohc_jax.data import input_pipeline, readers
+from ohc_jax.run import train
 from ohc_jax.errors import UsageError
 
 

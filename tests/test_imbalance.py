@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, imbalance, metrics, sharding, train
+from ohc_jax import configuration, sharding
+from ohc_jax.core import imbalance, metrics
+from ohc_jax.run import train
 from ohc_jax.errors import UsageError
 
 

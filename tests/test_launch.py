@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ohc_jax import train
+from ohc_jax.run import train
 from ohc_jax.configuration import CONFIG_DIR
 
 REPO = os.path.dirname(CONFIG_DIR)

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, methods, models, train
-from ohc_jax.costs import cluster_costs
+from ohc_jax import configuration, models
+from ohc_jax.core import methods
+from ohc_jax.run import train
+from ohc_jax.core.costs import cluster_costs
 from ohc_jax.errors import UsageError
 
 

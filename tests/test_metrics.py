@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ohc_jax import metrics
+from ohc_jax.core import metrics
 
 
 def test_accuracy_is_invariant_to_cluster_names():

@@ -8,9 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import assign, costs as cost_fns, evaluation, input_pipeline, methods, models, train
+from ohc_jax import models
+from ohc_jax.core import assign, costs as cost_fns, methods
+from ohc_jax.data import input_pipeline
+from ohc_jax.run import evaluation, train
 from ohc_jax.errors import UsageError
-from ohc_jax.inference import load_trained
+from ohc_jax.run.inference import load_trained
 
 
 def _records(workdir):

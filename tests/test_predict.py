@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ohc_jax import configuration, evaluation, input_pipeline, predict, train
+from ohc_jax import configuration, predict
+from ohc_jax.data import input_pipeline
+from ohc_jax.run import evaluation, train
 from ohc_jax.configuration import CONFIG_DIR
-from ohc_jax.inference import load_trained
+from ohc_jax.run.inference import load_trained
 
 pytestmark = pytest.mark.slow  # Every test uses a module fixture that trains a model.
 
@@ -159,7 +161,8 @@ def test_training_and_labelling_in_memory_data_load_no_tensorflow(run, tmp_path)
   workdir, npz, folder = str(run['workdir']), str(run['root'] / 'images.npz'), str(run['folder'])
   script = f"""
 import sys
-from ohc_jax import configuration, predict, train
+from ohc_jax import configuration, predict
+from ohc_jax.run import train
 c = configuration.from_file(configuration.config_path('default'))
 c.update(num_epochs=1, max_examples=512, progress_bar=False, plots_every_epochs=0)
 train.train_and_evaluate(c, {str(tmp_path / 'run')!r})

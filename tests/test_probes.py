@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ohc_jax import probes
+from ohc_jax.core import probes
 
 
 def _blobs(n=900, classes=3, seed=0):

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, input_pipeline, models
-from ohc_jax.datasets import realdisp
+from ohc_jax import configuration, models
+from ohc_jax.data import input_pipeline
+from ohc_jax.data import realdisp
 from ohc_jax.errors import UsageError
 
 ROWS = 600

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ohc_jax import configuration, plots, report, train
+from ohc_jax import configuration, report
+from ohc_jax.run import plots, train
 from ohc_jax.configuration import CONFIG_DIR
 
 REPO = os.path.dirname(CONFIG_DIR)

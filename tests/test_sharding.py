@@ -10,11 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from ohc_jax import assign, input_pipeline, models, sharding, steps
+from ohc_jax import models, sharding
+from ohc_jax.core import assign
+from ohc_jax.data import input_pipeline
+from ohc_jax.run import steps
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
-from ohc_jax.methods import log_normaliser, make_method, refused_entries
-from ohc_jax.train_state import create_train_state, make_optimizer
+from ohc_jax.core.methods import log_normaliser, make_method, refused_entries
+from ohc_jax.run.train_state import create_train_state, make_optimizer
 
 
 def _run_steps(config, num_devices, batches):
@@ -64,7 +67,7 @@ def test_device_scope_assigns_each_shard_on_its_own(digits_config):
   x = models.preprocess(batch['image'], 1 / 16, 0.0)
   z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats}, x,
                      train=True, mutable=['batch_stats'])
-  from ohc_jax.costs import cluster_costs
+  from ohc_jax.core.costs import cluster_costs
   costs = np.asarray(cluster_costs(z, state.params['centroids'], digits_config.sigma,
                                    state.log_prior))
   expected = np.concatenate([np.asarray(assign.combination_assign(shard)[0])
@@ -129,7 +132,7 @@ def test_device_scope_sums_the_methods_counts_over_the_shards(digits_config):
   z, _ = model.apply({'params': state.params['encoder'], 'batch_stats': state.batch_stats},
                      models.preprocess(batch['image'], 1 / 16, 0.0), train=True,
                      mutable=['batch_stats'])
-  from ohc_jax.costs import cluster_costs
+  from ohc_jax.core.costs import cluster_costs
   costs = np.asarray(cluster_costs(z, state.params['centroids'], 3.0, state.log_prior)
                      + log_normaliser(digits_config))
   expected = sum(int(refused_entries(shard)) for shard in np.split(costs, 8))

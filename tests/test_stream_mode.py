@@ -15,7 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from ohc_jax import checkpoints, configuration, input_pipeline, streaming, train
+from ohc_jax import configuration
+from ohc_jax.data import input_pipeline, streaming
+from ohc_jax.run import checkpoints, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 
@@ -123,7 +125,8 @@ def test_a_streaming_run_loads_no_tensorflow(data_dir, tmp_path):
   """Records are parsed by streaming.example_class, not TensorFlow's: ~0.5 GB less per process."""
   script = f"""
 import sys
-from ohc_jax import configuration, train
+from ohc_jax import configuration
+from ohc_jax.run import train
 c = configuration.from_file(configuration.config_path('default'))
 c.update(progress_bar=False, plots_every_epochs=0, data_dir={data_dir!r}, **{OVERRIDES!r})
 c.num_epochs = 1
@@ -212,7 +215,8 @@ import sys
 import threading
 
 from ohc_jax import cli  # First, as in ohc_jax.main: quiets TensorFlow and XLA.
-from ohc_jax import main, streaming
+from ohc_jax import main
+from ohc_jax.data import streaming
 
 log, lock = open(sys.argv.pop(1), 'a'), threading.Lock()
 init, read = streaming.ImageSource.__init__, streaming.ImageSource.read

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ohc_jax import input_pipeline, streaming
+from ohc_jax.data import input_pipeline, streaming
 from ohc_jax.errors import UsageError
 
 
@@ -197,7 +197,7 @@ def test_stream_mode_resizes_as_memory_mode_does(tmp_path):
   tfds_cache's resize in tf.data (memory mode's child), both readers.resize_crop."""
   import cv2
   import tensorflow as tf
-  from ohc_jax import readers, tfds_cache
+  from ohc_jax.data import readers, tfds_cache
   rng = np.random.default_rng(5)
   sizes = [(20, 30), (9, 9), (40, 17), (12, 50)]
   originals = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in sizes]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ohc_jax import configuration, input_pipeline, train
+from ohc_jax import configuration
+from ohc_jax.data import input_pipeline
+from ohc_jax.run import train
 from ohc_jax.errors import UsageError
 
 pytestmark = pytest.mark.slow  # Trains on mock data.
@@ -59,7 +61,7 @@ def test_any_tfds_image_set_trains(tmp_path, dataset, image_size, shape, scale):
 
 def test_resize_keeps_the_centre_of_the_shorter_side():
   import tensorflow as tf
-  from ohc_jax import tfds_cache
+  from ohc_jax.data import tfds_cache
   image = np.zeros((40, 80, 3), np.uint8)
   image[:, 20:60] = 200  # The central 40x40 square.
   out = tfds_cache._resize(tf.constant(image), 20).numpy()  # pylint: disable=protected-access

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from ohc_jax import tfds_cache
+from ohc_jax.data import tfds_cache
 from ohc_jax.errors import UsageError
 
 pytestmark = pytest.mark.slow  # Starts processes that import TensorFlow.
@@ -31,7 +31,7 @@ tfds.dataset_builders.TfDataBuilder(
 
 _READ = '''
 import json, sys
-from ohc_jax import tfds_cache
+from ohc_jax.data import tfds_cache
 x, y, info = tfds_cache.load('tiny_images', ['train', 'test'], sys.argv[1], 'fix', 'label')
 print(json.dumps({'x': x.tolist(), 'y': y.tolist(), 'info': info, 'memmap': type(x).__name__,
                   'writeable': bool(x.flags.writeable),
@@ -83,7 +83,7 @@ def test_missing_data_set_and_feature_are_one_line_errors(tmp_path, monkeypatch)
 
 _READ_RESIZED = '''
 import json, sys
-from ohc_jax import tfds_cache
+from ohc_jax.data import tfds_cache
 x, _, info = tfds_cache.load('tiny_images', ['train'], sys.argv[1], 'fix', 'label', image_size=4)
 print(json.dumps({'shape': x.shape, 'sizes': info['sizes'],
                   'tf': sorted(m for m in sys.modules if m.startswith('tensorflow'))[:3]}))

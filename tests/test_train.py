@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ohc_jax import methods, models, sharding, train
-from ohc_jax.costs import cluster_costs
-from ohc_jax.methods import make_method
+from ohc_jax import models, sharding
+from ohc_jax.core import methods
+from ohc_jax.run import train
+from ohc_jax.core.costs import cluster_costs
+from ohc_jax.core.methods import make_method
 
 pytestmark = pytest.mark.slow  # Every test trains a model.
 

@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from ohc_jax import configuration, input_pipeline, streaming, train
+from ohc_jax import configuration
+from ohc_jax.data import input_pipeline, streaming
+from ohc_jax.run import train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 

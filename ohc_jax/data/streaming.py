@@ -31,9 +31,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ohc_jax import readers
+from ohc_jax.data import readers
 from ohc_jax.errors import UsageError
-from ohc_jax.input_pipeline import epoch_permutation, eval_rows, pad_rows
+from ohc_jax.data.input_pipeline import epoch_permutation, eval_rows, pad_rows
 
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 

@@ -5,7 +5,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from ohc_jax.checkpoints import CheckpointError, Checkpointer, checkpoint_dir, committed_steps
+from ohc_jax.run.checkpoints import CheckpointError, Checkpointer, checkpoint_dir, committed_steps
 from ohc_jax.errors import UsageError
 
 
@@ -33,7 +33,8 @@ def load_trained(workdir: str, *, step: Optional[int] = None, num_devices: int =
   import jax
   import ml_collections
 
-  from ohc_jax import configuration, experiment, sharding
+  from ohc_jax import configuration, sharding
+  from ohc_jax.run import experiment
 
   ckpt = Checkpointer(workdir, read_only=True, lead=jax.process_index() == 0)
   # The config and input description are in every checkpoint's meta; read the latest usable's.

@@ -10,9 +10,12 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from ohc_jax import costs, imbalance, input_pipeline, models, sharding, steps
-from ohc_jax.methods import make_method
-from ohc_jax.train_state import TrainState, create_train_state, make_optimizer
+from ohc_jax import models, sharding
+from ohc_jax.core import costs, imbalance
+from ohc_jax.data import input_pipeline
+from ohc_jax.run import steps
+from ohc_jax.core.methods import make_method
+from ohc_jax.run.train_state import TrainState, create_train_state, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,10 +16,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from ohc_jax import (checkpoints, configuration, experiment, input_pipeline, interrupts,
-                     logging_utils, metrics, probes, resume, sharding, timing)
+from ohc_jax import configuration, sharding
+from ohc_jax.core import metrics, probes
+from ohc_jax.data import input_pipeline
+from ohc_jax.run import checkpoints, experiment, interrupts, logging_utils, resume, timing
 from ohc_jax.errors import NonFiniteError, UsageError
-from ohc_jax.evaluation import eval_sample, evaluate  # NonFiniteError: train.NonFiniteError too.
+from ohc_jax.run.evaluation import eval_sample, evaluate  # NonFiniteError: train.NonFiniteError too.
 
 
 def itstime(step: int, every: int, total: Optional[int] = None) -> bool:
@@ -194,7 +196,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
             pos.loss_sum = float(loss_sum)
             ckpt.save(state, pos.meta(exp, data))
         if signum and done < total:
-          raise interrupts.Interrupted(signum, done, workdir)
+          raise interrupts.Interrupted(signum, done, checkpoints.checkpoint_dir(workdir))
       clock.loop(False)
   except NonFiniteError as e:
     ckpt.wait()
@@ -427,9 +429,9 @@ def _write_cluster_map(workdir: str, pos, data) -> None:
 
 def _make_plots(workdir: str, config, history, outputs, images, class_names, prior,
                 centroids) -> None:
-  """The PNGs of ohc_jax.plots from the evaluation's outputs kept and their images; a failure
+  """The PNGs of ohc_jax.run.plots from the evaluation's outputs kept and their images; a failure
   only warns (python -m ohc_jax.report redoes them)."""
-  from ohc_jax import plots
+  from ohc_jax.run import plots
   try:
     plots.make_all(os.path.join(workdir, 'plots'), history=history, prior=prior, outputs=outputs,
                    labels=outputs['label'], images=images, num_clusters=config.num_clusters,

@@ -1,6 +1,6 @@
 """tfds splits decoded once and cached as .npy files, which later runs memory-map.
 
-A split is decoded in a child process (`python -m ohc_jax.tfds_cache`), so TensorFlow never enters
+A split is decoded in a child process (`python -m ohc_jax.data.tfds_cache`), so TensorFlow never enters
 the training process: it would add about 0.6 GB to its memory and seconds to its start. The cache
 is keyed by the data set, splits, feature keys and image size and by the prepared files (names,
 sizes, times) and tfds's version: re-preparing a data set or upgrading tfds decodes it again. Its
@@ -82,7 +82,7 @@ def load(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
   if key and os.path.isfile(os.path.join(cache_root(), key, 'info.json')):
     return _open(os.path.join(cache_root(), key))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
-  child = subprocess.run([sys.executable, '-m', 'ohc_jax.tfds_cache', *args], env=env,
+  child = subprocess.run([sys.executable, '-m', 'ohc_jax.data.tfds_cache', *args], env=env,
                          capture_output=True, text=True, check=False)
   lines = child.stderr.strip().splitlines()
   if child.returncode == 2 and lines:
@@ -96,7 +96,7 @@ def load(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,
 def _resize(image, size: int):
   """readers.resize_crop in tf.data (one resize for memory and stream mode)."""
   import tensorflow as tf
-  from ohc_jax import readers
+  from ohc_jax.data import readers
   resized = tf.numpy_function(lambda x: readers.resize_crop(x, size), [image], tf.uint8,
                               stateful=False)
   return tf.ensure_shape(resized, (size, size, image.shape[-1]))
@@ -109,7 +109,7 @@ def _decode(name, splits, data_dir, fix, label_key, download, image_key, image_s
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   import tensorflow_datasets as tfds
-  from ohc_jax import readers
+  from ohc_jax.data import readers
   image_size = int(image_size)
   parts, keys = splits.split('+'), (image_key, label_key) if label_key else (image_key,)
   try:

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ohc_jax import assign, imbalance, methods, sharding
-from ohc_jax.costs import param_costs
-from ohc_jax.models import CKMDecoder, preprocess
+from ohc_jax import sharding
+from ohc_jax.core import assign, imbalance, methods
+from ohc_jax.core.costs import param_costs
+from ohc_jax.models.encoders import CKMDecoder, preprocess
 
 
 def _all_finite(tree) -> jax.Array:

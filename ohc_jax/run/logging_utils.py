@@ -4,7 +4,7 @@
 - `WORKDIR/steps.jsonl`: one JSON object per `log_every_steps` training steps: `step`, `epoch`,
   `loss` (of that step), `images_per_s` (since the previous line), `batch_clusters` (clusters the
   step's batch used) and the method's own counts of that step (entropy_reference:
-  `refused_entries`, see ohc_jax.methods).
+  `refused_entries`, see ohc_jax.core.methods).
 - `WORKDIR/tensorboard/`: the same scalars, `train/*` per logged step and `eval/*` per epoch, all
   on the axis of the global step (`tensorboard --logdir WORKDIR/tensorboard`).
 

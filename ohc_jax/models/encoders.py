@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ohc_jax.conv import Conv2D, max_pool_2x2
+from ohc_jax.models.conv import Conv2D, max_pool_2x2
 from ohc_jax.errors import UsageError
 
 # PyTorch's BatchNorm defaults: running averages updated with momentum 0.1, epsilon 1e-5. Layers

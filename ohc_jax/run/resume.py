@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from ohc_jax.checkpoints import CHECKPOINT_DIR, QUARANTINE_DIR, committed_steps
+from ohc_jax.run.checkpoints import CHECKPOINT_DIR, QUARANTINE_DIR, committed_steps
 from ohc_jax.errors import UsageError
 
 # What a training run writes into its workdir; --overwrite removes these and nothing else.

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ohc_jax import costs, models
+from ohc_jax import models
+from ohc_jax.core import costs
 
 
 @flax.struct.dataclass

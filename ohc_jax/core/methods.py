@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ohc_jax import assign
+from ohc_jax.core import assign
 
 SINKHORN_EPSILON = 0.5
 SINKHORN_ITERATIONS = 15

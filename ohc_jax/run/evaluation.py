@@ -8,7 +8,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ohc_jax import input_pipeline, interrupts, metrics, sharding
+from ohc_jax import sharding
+from ohc_jax.core import metrics
+from ohc_jax.data import input_pipeline
+from ohc_jax.run import interrupts
 from ohc_jax.errors import UsageError
 
 

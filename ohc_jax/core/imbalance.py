@@ -4,7 +4,7 @@ to clusters, and which methods' costs it enters."""
 import jax.numpy as jnp
 import numpy as np
 
-from ohc_jax import metrics
+from ohc_jax.core import metrics
 
 MODES = (0, 1, 2, 3)
 MATCHINGS = ('identity', 'size', 'hungarian')

@@ -1,5 +1,5 @@
 """Data: tfds data sets, RealDisp, vector files, image folders and scikit-learn's digits, decoded
-once into memory (by ohc_jax.readers) or, in stream mode, read by index (tfds ArrayRecord sets,
+once into memory (by ohc_jax.data.readers) or, in stream mode, read by index (tfds ArrayRecord sets,
 vectors:FILE.npy memory-mapped: streaming.py), and fed by NumPy: TensorFlow loads only for tfds
 data."""
 
@@ -13,7 +13,8 @@ from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from ohc_jax import imbalance, readers
+from ohc_jax.core import imbalance
+from ohc_jax.data import readers
 from ohc_jax.errors import UsageError, first_line
 
 
@@ -101,7 +102,7 @@ def _load_tfds(name: str, config) -> _Loaded:
 
 
 def _load_realdisp(config) -> _Loaded:
-  from ohc_jax.datasets import realdisp
+  from ohc_jax.data import realdisp
   sequence, starts, labels, names = realdisp.load(config.data_dir, config.manual_dir)
   return _Loaded(Split(Windows(sequence, starts, realdisp.WINDOW), labels), None, len(names), 1.0,
                  0.0, names)
@@ -269,7 +270,7 @@ def _load_stream(config) -> Data:
 def _stream_vectors(config) -> Data:
   """vectors:FILE.npy memory-mapped: each batch's rows read from the file as float32, only the
   labels (8 bytes a point) held; one split, as in memory mode."""
-  from ohc_jax import streaming
+  from ohc_jax.data import streaming
   if config.dataset.endswith('.npz'):
     raise UsageError(f'{config.dataset} cannot be streamed (a .npz is a zip, which cannot be '
                      f'memory-mapped): save x as FILE.npy and the labels as FILE_labels.npy '
@@ -281,7 +282,7 @@ def _stream_vectors(config) -> Data:
 
 def _stream_tfds(name: str, config) -> Data:
   """The tfds data set `name` from its ArrayRecord files."""
-  from ohc_jax import streaming
+  from ohc_jax.data import streaming
   directory = array_record_dir(name, config.data_dir)
   if directory is None:
     raise UsageError(f'no ArrayRecord copy of {name} under {config.data_dir or "$TFDS_DATA_DIR"} '
@@ -344,7 +345,7 @@ def train_feed(split, global_batch: int, seed: int, process_index: int = 0,
   `threads` host threads, 0: streaming.default_threads()) for a source; the same batches."""
   if isinstance(split, Split):
     return TrainFeed(split, global_batch, seed, process_index, process_count)
-  from ohc_jax import streaming
+  from ohc_jax.data import streaming
   return streaming.StreamFeed(split, global_batch, seed, process_index, process_count,
                               threads or streaming.default_threads())
 
@@ -422,7 +423,7 @@ def eval_batches(split, global_batch: int, process_index: int = 0, process_count
   marking the real ones, number of real points in the global batch); a source is read on `threads`
   host threads (0: streaming.default_threads())."""
   if not isinstance(split, Split):
-    from ohc_jax import streaming
+    from ohc_jax.data import streaming
     yield from streaming.eval_batches(split, global_batch, process_index, process_count,
                                       threads or streaming.default_threads())
     return

@@ -1,1 +1,0 @@
-"""tfds builders for data sets that tfds does not ship."""
