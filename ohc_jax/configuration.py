@@ -7,9 +7,10 @@ import math
 import os
 
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
-from ohc_jax import models
+from ohc_jax import memory, models
 from ohc_jax.core import assign, imbalance
 from ohc_jax.data import input_pipeline
 from ohc_jax.core.costs import COVARIANCES
@@ -182,6 +183,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ('data_dir', 'manual_dir'):
     _check(config[field] != '', f'{field} is empty: name a folder with --config.{field}=, or '
                                 f'leave it unset')
+  _check_sigma_in_float32(float(config.sigma))
+  processes = config.num_processes or int(os.environ.get('SLURM_NTASKS', '1'))
+  memory.refuse_if_too_big(config, memory.host_memory(), 'this host', processes=processes)
+
+
+# Squared distances ||z - mu||^2 whose costs must be normal float32 numbers: encodings of any
+# scale a run reaches lie well inside.
+SQUARED_DISTANCES = (1e-8, 1e8)
+
+
+def sigma_range() -> tuple[float, float]:
+  """The sigmas for which the costs of SQUARED_DISTANCES neither overflow float32 nor underflow
+  below its smallest normal number (where XLA flushes to zero: equal costs, one cluster)."""
+  f32 = np.finfo(np.float32)
+  return SQUARED_DISTANCES[1] / float(f32.max), SQUARED_DISTANCES[0] / float(f32.tiny)
+
+
+def _check_sigma_in_float32(sigma: float) -> None:
+  low, high = sigma_range()
+  _check(low <= sigma <= high,
+         f'sigma={sigma:g} makes the costs ||z - mu||^2 / sigma '
+         f'{"underflow to 0" if sigma > high else "overflow to inf"} in float32 for squared '
+         f'distances from {SQUARED_DISTANCES[0]:g} to {SQUARED_DISTANCES[1]:g}: set '
+         f'--config.sigma= between {low:.2g} and {high:.2g}')
 
 
 def _config_dir() -> str:

@@ -25,6 +25,7 @@ device. Bad input: one line naming the problem, exit code 2.
 
 import csv
 import os
+import re
 import sys
 from typing import Iterator, Optional
 
@@ -90,12 +91,24 @@ def _load_array(path: str, expected: tuple) -> tuple[list, np.ndarray]:
   return [str(i) for i in ids.tolist()], array
 
 
+# tfds:NAME[:VERSION]:SPLIT; the split spec may hold colons itself ('test[:64]').
+_TFDS_SPEC = re.compile(r'tfds:(?P<name>[^:\[\]]+(?::[\d*]+(?:\.[\d*]+)*)?):(?P<split>.+)')
+
+
+def tfds_name_and_split(spec: str) -> tuple[str, str]:
+  """('NAME[:VERSION]', 'SPLIT') of --input=tfds:NAME[:VERSION]:SPLIT, e.g. ('cifar10:3.0.2',
+  'test[:64]') of tfds:cifar10:3.0.2:test[:64]."""
+  match = _TFDS_SPEC.fullmatch(spec)
+  if not match or not match['split'].strip():
+    raise UsageError(f'--input={spec}: write a tfds data set as tfds:NAME:SPLIT or '
+                     f'tfds:NAME:VERSION:SPLIT, e.g. tfds:cifar10:test[:64] or '
+                     f'tfds:cifar10:3.0.2:test')
+  return match['name'], match['split']
+
+
 def _load_tfds(spec: str, expected: tuple, data_dir: Optional[str], image_key: str,
                image_size: int) -> tuple[list, np.ndarray]:
-  name, _, split = spec.removeprefix('tfds:').rpartition(':')  # NAME may hold ':VERSION'.
-  if not name or not split:
-    raise UsageError(f'--input={spec}: write a tfds data set as tfds:NAME:SPLIT, e.g. '
-                     f'tfds:cifar10:test or tfds:cifar10:3.0.2:test')
+  name, split = tfds_name_and_split(spec)
   images, _, _, _ = readers.read_tfds(name, [split], data_dir,
                                       fix='point --data_dir at a tfds data dir that holds it',
                                       image_key=image_key, image_size=image_size)
@@ -179,9 +192,17 @@ def predict(args, rest) -> None:
       raise UsageError(f'--output={args.output} is a folder: name a .csv file')
     if args.batch_size is not None and args.batch_size < 1:
       raise UsageError(f'--batch_size must be >= 1, got {args.batch_size}')
-    if not (args.input.startswith('tfds:') or os.path.exists(args.input)):
+    if args.input.startswith('tfds:'):
+      tfds_name_and_split(args.input)  # Before the model loads.
+    elif not os.path.exists(args.input):
       raise UsageError(f'--input={args.input} does not exist: give a folder of images, a .npy/'
                        f'.npz file or tfds:NAME:SPLIT')
+    tmp = os.path.join(out_dir, f'.{os.path.basename(args.output)}.{os.getpid()}.tmp')
+    try:  # Before the model loads: a folder that cannot be written fails at once.
+      open(tmp, 'w').close()
+    except OSError as e:
+      raise UsageError(f'cannot write --output={args.output} ({e.strerror or e}): name a .csv file '
+                       f'in a folder you can write') from None
     from ohc_jax.run.inference import load_trained
     trained = load_trained(args.workdir, step=args.step, num_devices=args.num_devices,
                            eval_batch_size=args.batch_size)
@@ -194,7 +215,6 @@ def predict(args, rest) -> None:
     data_dir = args.data_dir or meta['config'].get('data_dir')
     chunks = input_chunks(args.input, expected, trained.config.eval_batch_size, data_dir,
                           trained.config.image_key, trained.config.image_size)
-    tmp = os.path.join(out_dir, f'.{os.path.basename(args.output)}.{os.getpid()}.tmp')
     count = 0
     with open(tmp, 'w', newline='') as f:
       writer = csv.writer(f)

@@ -7,6 +7,7 @@ such workdir, no checkpoint, data not found): one line, exit code 2.
 """
 
 import os
+import tempfile
 
 from ohc_jax import cli  # pylint: disable=g-bad-import-order  (first: quiet TensorFlow and XLA)
 
@@ -20,6 +21,8 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
   from ohc_jax.run.inference import load_trained
   if not os.path.isdir(workdir):
     raise UsageError(f'{workdir} does not exist: name the workdir of a training run')
+  out = out or os.path.join(workdir, 'plots')
+  _check_writable_folder(out)
   trained = load_trained(workdir, step=step)
   import jax
   import numpy as np
@@ -41,12 +44,25 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
   prior = np.exp(np.asarray(jax.device_get(trained.state.log_prior), np.float64))
   history = trained.meta.get('history') or []
   images = input_pipeline.sample_images(data.eval, sample)
-  return plots.make_all(out or os.path.join(workdir, 'plots'), history=history,
+  return plots.make_all(out, history=history,
                         prior=prior / prior.sum(), outputs=outputs, labels=outputs['label'],
                         images=images, num_clusters=config.num_clusters,
                         class_names=data.class_names,
                         centroids=np.asarray(jax.device_get(trained.state.params['centroids'])),
                         seed=config.seed)
+
+
+def _check_writable_folder(out: str) -> None:
+  """Raises UsageError unless the folder `out` is, or can be created as, a folder that can be
+  written (before the run is restored and evaluated; nothing is created)."""
+  existing = os.path.abspath(out)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    tempfile.TemporaryFile(dir=existing).close()
+  except OSError as e:
+    raise UsageError(f'cannot write the plots into {out} ({e.strerror or e} in {existing}): name a '
+                     f'folder you can write with --out') from None
 
 
 def parse_flags(argv, flag_values) -> list:

@@ -7,9 +7,9 @@ import ohc_jax
 
 PACKAGE = os.path.dirname(ohc_jax.__file__)
 # Higher imports lower, never the reverse: entry points -> run -> data, models -> core; the shared
-# modules (configuration, sharding, errors) sit between the layers that use them.
-RANKS = {'errors': 0, 'core': 1, 'sharding': 2, 'models': 2, 'data': 3, 'configuration': 4,
-         'run': 5, 'cli': 6, 'main': 7, 'predict': 7, 'report': 7, 'benchmark': 7}
+# modules (configuration, sharding, memory, errors) sit between the layers that use them.
+RANKS = {'errors': 0, 'core': 1, 'memory': 1, 'sharding': 2, 'models': 2, 'data': 3,
+         'configuration': 4, 'run': 5, 'cli': 6, 'main': 7, 'predict': 7, 'report': 7, 'benchmark': 7}
 
 
 def _modules():

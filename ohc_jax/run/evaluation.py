@@ -78,3 +78,13 @@ def eval_sample(config, n: int) -> Optional[np.ndarray]:
 
 
 STREAM_EVAL_SAMPLE = 10_000
+
+
+def collapse_warning(record: dict, config) -> Optional[str]:
+  """A warning when an evaluation put every point in one cluster: such a run's labels say nothing,
+  yet it ends normally (costs that underflow float32 all tie at 0: every argmin is cluster 0)."""
+  if record.get('num_nonempty') != 1:
+    return None
+  return (f'the run collapsed: its evaluation at step {record["step"]} put every point in one of '
+          f'its {config.num_clusters} clusters; its labels say nothing (check --config.sigma, now '
+          f'{config.sigma:g}, and --config.method, now {config.method})')

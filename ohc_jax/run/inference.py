@@ -27,9 +27,14 @@ def load_trained(workdir: str, *, step: Optional[int] = None, num_devices: int =
   the devices). Raises UsageError if the workdir or its checkpoints are missing."""
   if not os.path.isdir(workdir):
     raise UsageError(f'--workdir={workdir} does not exist: name the workdir of a training run')
-  if not committed_steps(workdir):
+  steps = committed_steps(workdir)
+  if not steps:
     raise CheckpointError(f'{workdir} holds no checkpoint ({checkpoint_dir(workdir)} is missing '
                           f'or empty): train there first, python -m ohc_jax.main --workdir={workdir}')
+  if step is not None and step not in steps:
+    raise CheckpointError(f'{workdir} has no checkpoint of step {step}: it has steps '
+                          f'{_listed(steps)}; pass one of them to --step, or leave --step out for '
+                          f'the latest')
   import jax
   import ml_collections
 
@@ -45,8 +50,12 @@ def load_trained(workdir: str, *, step: Optional[int] = None, num_devices: int =
   spec = experiment.InputSpec(tuple(meta['input_shape']), meta.get('input_dtype', 'float32'),
                               meta['scale'], meta['offset'])
   exp = experiment.build(config, spec, mesh, train=False)
-  restored = ckpt.restore(exp.init_state(seed=0), step=step)
-  ckpt.close()
+  try:
+    restored = ckpt.restore(exp.init_state(seed=0), step=step)
+  except CheckpointError:  # Its advice is training's (--overwrite), which would wipe this run.
+    raise CheckpointError(_unusable(workdir, steps, step, 'the warnings above say why')) from None
+  finally:
+    ckpt.close()
   return Trained(config, restored.meta, restored.state, restored.step, exp.model, mesh,
                  exp.eval_step)
 
@@ -58,5 +67,21 @@ def _read_meta_json(ckpt: Checkpointer, step: Optional[int]) -> dict:
     meta = ckpt.read_meta(s)
     if isinstance(meta, dict) and 'config' in meta and 'input_shape' in meta:
       return meta
-  raise CheckpointError(f'no usable checkpoint in {ckpt.directory} (no readable meta item); '
-                        f'train there again with --overwrite')
+  raise CheckpointError(_unusable(ckpt.workdir, committed_steps(ckpt.workdir), step,
+                                  'no readable meta item'))
+
+
+def _listed(steps) -> str:
+  return ', '.join(map(str, steps))
+
+
+def _unusable(workdir: str, steps: list, step: Optional[int], why: str) -> str:
+  """The error when the checkpoints asked for are unusable (`why`), with advice that changes
+  nothing in workdir: never --overwrite, which would wipe a finished run's results."""
+  others = [s for s in steps if s != step]
+  if step is not None and others:
+    return (f'the checkpoint of step {step} in {checkpoint_dir(workdir)} is unusable ({why}): pass '
+            f'another of its steps ({_listed(others)}) to --step, or leave --step out')
+  return (f'no checkpoint in {checkpoint_dir(workdir)} is usable (steps {_listed(steps)}: {why}); '
+          f'nothing was changed: copy back an intact {checkpoint_dir(workdir)}, or train a new '
+          f'run in another --workdir')

@@ -22,6 +22,7 @@ from ohc_jax.data import input_pipeline
 from ohc_jax.run import checkpoints, experiment, interrupts, logging_utils, resume, timing
 from ohc_jax.errors import NonFiniteError, UsageError
 from ohc_jax.run.evaluation import eval_sample, evaluate  # NonFiniteError: train.NonFiniteError too.
+from ohc_jax.run.evaluation import collapse_warning
 
 
 def itstime(step: int, every: int, total: Optional[int] = None) -> bool:
@@ -280,8 +281,13 @@ def _write_results(config, workdir, data, history, clock) -> dict:
   best = max(history, key=lambda r: r['nmi'])
   results = {'final': history[-1], 'best_nmi': best, 'dataset': config.dataset,
              'method': config.method, 'num_train': len(data.train), 'num_eval': len(data.eval)}
+  collapsed = collapse_warning(history[-1], config)
+  if collapsed:
+    results['warnings'] = [collapsed]
   if jax.process_index() == 0:  # Written last and atomically: its presence marks it finished.
     print(clock.write(workdir), flush=True)
+    if collapsed:
+      print(f'warning: {collapsed}', file=sys.stderr, flush=True)
     with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
       json.dump(results, f, indent=2)
     os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
