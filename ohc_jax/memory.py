@@ -10,7 +10,7 @@ float32 (4 bytes a value):
   (image_size^2 values when resizing, else at least 1), hidden layer (`mlp`), encoding (nz) and cost
   row (K; evaluation also keeps the soft assignment, K more).
 Convolution feature maps, XLA's temporaries and the data set itself are left out, so the true need
-is larger (the default job: estimate 1.3 MB, peak host memory 0.67 GB, mostly the runtime). A config
+is larger (the default job: estimate 1.5 MB, peak host memory 0.7 GB, mostly the runtime). A config
 is refused only when even this bound exceeds the memory there is: a refusal is certain, never a
 guess, and every config of configs/ passes on a 24 GB host.
 """
