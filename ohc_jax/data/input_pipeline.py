@@ -14,7 +14,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 from ohc_jax.core import imbalance
-from ohc_jax.data import readers
+from ohc_jax.data import readers, tfds_cache
 from ohc_jax.errors import UsageError, first_line
 
 
@@ -91,21 +91,22 @@ def _load_tfds(name: str, config) -> _Loaded:
   """The tfds data set `name` (as tfds.builder takes it: 'NAME', 'NAME/CONFIG', either with
   ':VERSION'), its config.train_split then config.eval_split; one split when they are equal."""
   splits = dict.fromkeys((config.train_split, config.eval_split))
-  images, labels, sizes, info = readers.read_tfds(
+  images, labels, info = tfds_cache.load(
       name, tuple(splits), config.data_dir, label_key=config.label_key, download=config.download,
       fix='point --config.data_dir (or TFDS_DATA_DIR) at a tfds data dir that holds it, or pass '
           '--config.download=True', image_key=config.image_key, image_size=config.image_size)
   colour = images.ndim == 4 and images.shape[-1] == 3
   scale, offset = (1 / 127.5, -1.0) if colour else (1 / 255, 0.0)
-  return _Loaded(Split(images, labels), sizes[0] if len(splits) == 2 else None,
+  return _Loaded(Split(images, labels), info['sizes'][0] if len(splits) == 2 else None,
                  info['num_classes'], scale, offset, tuple(info['names']))
 
 
 def _load_realdisp(config) -> _Loaded:
-  from ohc_jax.data import realdisp
-  sequence, starts, labels, names = realdisp.load(config.data_dir, config.manual_dir)
-  return _Loaded(Split(Windows(sequence, starts, realdisp.WINDOW), labels), None, len(names), 1.0,
-                 0.0, names)
+  """RealDisp's rows memory-mapped from the cache, built and decoded in a child process."""
+  sequence, starts, labels, names, window = tfds_cache.load_realdisp(config.data_dir,
+                                                                    config.manual_dir)
+  return _Loaded(Split(Windows(sequence, starts, window), labels), None, len(names), 1.0, 0.0,
+                 names)
 
 
 def _classes(labels: np.ndarray, path: str):
