@@ -14,6 +14,8 @@ Bad input raises a one-line UsageError naming the file and the fix.
 """
 
 import os
+import zipfile
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -28,7 +30,7 @@ ARRAY_CONVENTION = 'x (inputs), y (labels) and optionally ids (row names)'
 def _load(path: str, mmap: bool = False):
   try:
     return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UsageError(f'cannot read {path} as {"a .npz" if path.endswith(".npz") else "an .npy"} '
                      f'file ({first_line(e)}): write it with numpy.save or numpy.savez') from None
 
@@ -55,8 +57,9 @@ def read_arrays(path: str, labels: bool, mmap: bool = False) -> tuple[
     try:
       return (loaded['x'], loaded['y'] if labels else None,
               loaded['ids'] if 'ids' in loaded.files else None)
-    except (OSError, ValueError, EOFError) as e:
-      raise UsageError(f'cannot read the arrays of {path} ({first_line(e)})') from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+      raise UsageError(f'cannot read the arrays of {path} ({first_line(e)}): write it again with '
+                       f'numpy.savez') from None
 
 
 def image_files(folder: str) -> list[str]:

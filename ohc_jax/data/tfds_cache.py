@@ -122,14 +122,13 @@ def _realdisp(args: dict, cached: bool):
   return target
 
 
-def _damaged(name: str, root: str, error: Exception) -> UsageError:
+def damaged(name: str, root: str, error: Exception) -> UsageError:
   """The error for a prepared set that does not read: the shard the error names (else the
   folder) and how to prepare the set again."""
   shard = re.search(r'[^\s\'"]*(?:tfrecord|array_record)-\d+-of-\d+', str(error))
   return UsageError(f'tfds {name}: {"the shard " + shard.group(0) if shard else root} is damaged '
-                    f'or missing ({type(error).__name__}: {first_line(error)[:200]}): prepare '
-                    f'{name} again (delete {root} and run `tfds build {name.split(":")[0]} '
-                    f'--data_dir={os.path.dirname(root.rstrip(os.sep))}`, or pass '
+                    f'or missing ({type(error).__name__}: {first_line(error)[:160]}): delete {root} '
+                    f'and prepare {name.split(":")[0]} again (`tfds build`, or '
                     f'--config.download=True)')
 
 
@@ -183,7 +182,8 @@ def _decode(args: dict, cached: bool):
                        f'{", ".join(builder.info.splits)}): set '
                        f'--config.train_split= and --config.eval_split= to its splits')
     array_record = builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
-    if array_record:
+    if array_record:  # Its features as its files say (a registered builder has its own).
+      builder = tfds.builder_from_directory(builder.data_dir)
       sources = [builder.as_data_source(split=part) for part in parts]
       sizes = [len(s) for s in sources]
     else:
@@ -198,7 +198,7 @@ def _decode(args: dict, cached: bool):
                      f'(https://www.tensorflow.org/datasets/catalog)') from None
   except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
     if builder.info.splits and os.path.isdir(_root(name, data_dir)):  # Prepared, a file gone.
-      raise _damaged(name, builder.data_dir, e) from None
+      raise damaged(name, builder.data_dir, e) from None
     raise UsageError(f'data set {name!r} is not prepared under {data_dir}: {fix} '
                      f'({type(e).__name__})') from None
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
@@ -244,7 +244,7 @@ def _decode(args: dict, cached: bool):
         if out:
           cache.progress(f'decoding {name}:{splits}', row, count)
     except Exception as e:  # pylint: disable=broad-except  (a bad shard: tf or array_record)
-      raise _damaged(name, builder.data_dir, e) from None
+      raise damaged(name, builder.data_dir, e) from None
     if row != count:
       raise UsageError(f'tfds {name}:{splits} read {row} examples, its info says {count}: '
                        f'prepare it again')
