@@ -30,7 +30,10 @@ ARRAY_CONVENTION = 'x (inputs), y (labels) and optionally ids (row names)'
 def _load(path: str, mmap: bool = False):
   try:
     return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+  except zipfile.BadZipFile as e:
+    raise UsageError(f'cannot read {path} as a .npz file (truncated, or not a zip: '
+                     f'{first_line(e)}): write it again with numpy.savez') from None
+  except (OSError, ValueError, EOFError) as e:
     raise UsageError(f'cannot read {path} as {"a .npz" if path.endswith(".npz") else "an .npy"} '
                      f'file ({first_line(e)}): write it with numpy.save or numpy.savez') from None
 
