@@ -12,7 +12,6 @@ deleted or truncated) is one error line naming the shard, and leaves nothing in 
 
 import json
 import os
-import re
 import sys
 from typing import Optional, Sequence
 
@@ -122,14 +121,43 @@ def _realdisp(args: dict, cached: bool):
   return target
 
 
-def damaged(name: str, root: str, error: Exception) -> UsageError:
-  """The error for a prepared set that does not read: the shard the error names (else the
-  folder) and how to prepare the set again."""
-  shard = re.search(r'[^\s\'"]*(?:tfrecord|array_record)-\d+-of-\d+', str(error))
-  return UsageError(f'tfds {name}: {"the shard " + shard.group(0) if shard else root} is damaged '
-                    f'or missing ({type(error).__name__}: {first_line(error)[:160]}): delete {root} '
-                    f'and prepare {name.split(":")[0]} again (`tfds build`, or '
-                    f'--config.download=True)')
+def bad_shard(directory: str) -> Optional[tuple[str, str]]:
+  """(path, what is wrong) of the first shard of the prepared set in `directory` (NAME/VERSION)
+  that is missing or does not read to the length its dataset_info.json records, or None."""
+  import tensorflow as tf
+  from array_record.python import array_record_module
+  with open(os.path.join(directory, 'dataset_info.json')) as f:
+    info = json.load(f)
+  file_format = info.get('fileFormat') or 'tfrecord'
+  for split in info.get('splits', []):
+    lengths = [int(n) for n in split.get('shardLengths', [])]
+    for index, length in enumerate(lengths):
+      path = os.path.join(directory, f"{info['name']}-{split['name']}.{file_format}-"
+                                     f"{index:05d}-of-{len(lengths):05d}")
+      if not os.path.isfile(path):
+        return path, 'missing'
+      try:
+        count = (array_record_module.ArrayRecordReader(path).num_records()
+                 if file_format == 'array_record' else
+                 sum(1 for _ in tf.data.TFRecordDataset(path)))
+      except Exception as e:  # pylint: disable=broad-except  (tf and array_record raise many kinds)
+        return path, f'unreadable: {type(e).__name__}'
+      if count != length:
+        return path, f'{count} of its {length} records'
+  return None
+
+
+def damaged(name: str, directory: str, error: Exception) -> UsageError:
+  """The error for a prepared set that does not read: its first bad shard (bad_shard; else the
+  error) and how to prepare the set again."""
+  try:
+    found = bad_shard(directory)
+  except (OSError, ValueError, KeyError):
+    found = None
+  what = (f'the shard {found[0]} is damaged ({found[1]})' if found else
+          f'{directory} is damaged ({type(error).__name__}: {first_line(error)[:160]})')
+  return UsageError(f'tfds {name}: {what}: delete {directory} and prepare '
+                    f'{name.split(":")[0]} again (`tfds build`, or --config.download=True)')
 
 
 def _resize(image, size: int):
