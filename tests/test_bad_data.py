@@ -39,7 +39,7 @@ CASES = {
     'fractional_labels': (_x(), np.where(np.arange(300) == 41, 1.5, _y()), ['label row 41 is 1.5',
                                                                            'not an integer']),
     'nan_label': (_x(), np.where(np.arange(300) == 9, np.nan, _y()), ['label row 9 is nan']),
-    'fewer_labels': (_x(), _y(299), ['300 rows', 'row 299 has no partner',
+    'fewer_labels': (_x(), _y(299), ['300 rows and y 299 labels', 'row 299 has no partner',
                                      'one label per row']),
     'more_labels': (_x(), _y(301), ['300 rows', 'row 300 has no partner']),
 }

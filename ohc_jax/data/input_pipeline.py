@@ -159,8 +159,11 @@ def _read_vectors(config, mmap: bool = False):
   if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
     raise UsageError(f'{path}: x must be a numeric (points, features) array, got x {x.dtype} '
                      f'{x.shape}')
-  if y.ndim != 1 or len(x) != len(y):
-    raise UsageError(f'{path}: x has {len(x)} rows and y {y.shape} labels, so row '
+  if y.ndim != 1:
+    raise UsageError(f'{path}: y must be a 1-D array of labels, one per row of x, got shape '
+                     f'{y.shape}')
+  if len(x) != len(y):
+    raise UsageError(f'{path}: x has {len(x)} rows and y {len(y)} labels, so row '
                      f'{min(len(x), len(y))} has no partner: give one label per row of x')
   bad = _first_non_finite(x)
   if bad is not None:
