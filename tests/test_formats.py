@@ -130,7 +130,8 @@ def test_no_training_process_imports_tensorflow_for_any_kind_of_data(data_dirs, 
   for c in ('cat', 'dog'):
     (tmp_path / 'folder' / c).mkdir(parents=True)
     for i in range(4):
-      Image.fromarray(np.full((6, 6, 3), 60 * i, np.uint8)).save(tmp_path / 'folder' / c / f'{i}.png')
+      image = Image.fromarray(np.full((6, 6, 3), 60 * i, np.uint8))
+      image.save(tmp_path / 'folder' / c / f'{i}.png')
   manual, realdisp_data = _realdisp_dirs(tmp_path / 'realdisp')
   kinds = {
       'digits': (DEFAULT, {}),

@@ -124,9 +124,9 @@ def _classes(labels: np.ndarray, path: str):
     labels = labels.real.astype(np.int64)
   if labels.dtype.kind in 'iu' and len(labels) and labels.min() < 0:
     row = int(np.argmax(labels < 0))
-    raise UsageError(f'{path}: label row {row} is {labels[row]}: labels are class numbers 0, 1, ... '
-                     f'(or strings), and a negative one often marks an unlabelled point: drop '
-                     f'those rows or number the classes from 0')
+    raise UsageError(f'{path}: label row {row} is {labels[row]}: labels are class numbers 0, 1, '
+                     f'... (or strings), and a negative one often marks an unlabelled point: '
+                     f'drop those rows or number the classes from 0')
   values, labels = np.unique(labels, return_inverse=True)
   return labels.astype(np.int64), tuple(str(v) for v in values)
 
