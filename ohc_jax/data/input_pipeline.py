@@ -131,15 +131,31 @@ def _classes(labels: np.ndarray, path: str):
   return labels.astype(np.int64), tuple(str(v) for v in values)
 
 
-def _first_non_finite(x: np.ndarray, rows: int = 1 << 16) -> Optional[int]:
-  """The first row of x holding a NaN or an infinity, as float32 (what the model takes: a float64
-  beyond its range is an infinity), or None; read in chunks, so a memory-mapped file is never held
-  whole."""
+def _row_chunks(x: np.ndarray, nbytes: int = 1 << 24):
+  """(first row, rows) of x in chunks of about nbytes; a memory-mapped file is read, not mapped,
+  so a scan of it leaves no pages in this process (stream mode's memory stays a batch's)."""
+  row_bytes = max(1, x.dtype.itemsize * int(np.prod(x.shape[1:])))
+  rows = max(1, nbytes // row_bytes)
+  if not (isinstance(x, np.memmap) and x.flags.c_contiguous):
+    for start in range(0, len(x), rows):
+      yield start, x[start:start + rows]
+    return
+  with open(x.filename, 'rb') as f:
+    for start in range(0, len(x), rows):
+      count = min(rows, len(x) - start)
+      f.seek(x.offset + start * row_bytes)
+      yield start, np.fromfile(f, x.dtype, count * (row_bytes // x.dtype.itemsize)).reshape(
+          (count,) + x.shape[1:])
+
+
+def _first_non_finite(x: np.ndarray) -> Optional[int]:
+  """The first row of x holding a NaN or an infinity as float32 (what the model takes: a float64
+  beyond its range is an infinity), or None."""
   if not np.issubdtype(x.dtype, np.floating):
     return None  # Integers are always finite.
-  for start in range(0, len(x), rows):
+  for start, chunk in _row_chunks(x):
     with np.errstate(over='ignore'):
-      bad = np.flatnonzero(~np.isfinite(x[start:start + rows].astype(np.float32)).all(axis=1))
+      bad = np.flatnonzero(~np.isfinite(chunk.astype(np.float32)).reshape(len(chunk), -1).all(1))
     if len(bad):
       return start + int(bad[0])
   return None
@@ -159,9 +175,6 @@ def _read_vectors(config, mmap: bool = False):
   if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
     raise UsageError(f'{path}: x must be a numeric (points, features) array, got x {x.dtype} '
                      f'{x.shape}')
-  if y.ndim != 1:
-    raise UsageError(f'{path}: y must be a 1-D array of labels, one per row of x, got shape '
-                     f'{y.shape}')
   if len(x) != len(y):
     raise UsageError(f'{path}: x has {len(x)} rows and y {len(y)} labels, so row '
                      f'{min(len(x), len(y))} has no partner: give one label per row of x')
