@@ -175,7 +175,7 @@ def _read_vectors(config, mmap: bool = False):
   if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
     raise UsageError(f'{path}: x must be a numeric (points, features) array, got x {x.dtype} '
                      f'{x.shape}')
-  if len(x) != len(y):
+  if y.ndim and len(x) != len(y):  # A 0-d y: _classes says labels are 1-D.
     raise UsageError(f'{path}: x has {len(x)} rows and y {len(y)} labels, so row '
                      f'{min(len(x), len(y))} has no partner: give one label per row of x')
   bad = _first_non_finite(x)
