@@ -79,19 +79,21 @@ def convert(src: str, out: str, change: Callable[[bytes], bytes] = lambda r: r,
                      if not os.path.exists(os.path.join(src, f'{stem}{i:05d}-of-{expected:05d}')))
       raise tfds_cache.damaged(info['name'], src,
                                FileNotFoundError(f'{os.path.join(src, missing)} not found'))
-    for path in paths:
+    for index, path in enumerate(paths):
       target = os.path.join(out, os.path.basename(path).replace('.tfrecord-', '.array_record-'))
-      writer = array_record_module.ArrayRecordWriter(target, 'group_size:1')
+      writer, count = array_record_module.ArrayRecordWriter(target, 'group_size:1'), 0
       try:
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
           writer.write(change(record))
-          done += 1
+          count, done = count + 1, done + 1
           if progress and (done % 2000 == 0 or done == total):
             cache.progress(f'copying {info["name"]} to ArrayRecord', done, total)
       except tf.errors.OpError as e:
         raise tfds_cache.damaged(info['name'], src, e) from None
       finally:
         writer.close()
+      if expected and count != int(split['shardLengths'][index]):  # Cut at a record's end.
+        raise tfds_cache.damaged(info['name'], src, EOFError(f'{path}: {count} records'))
   info['fileFormat'] = 'array_record'
   for name in os.listdir(src):  # features.json, label names.
     if not name.startswith(info['name'] + '-') and name != 'dataset_info.json':
