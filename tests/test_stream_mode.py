@@ -113,7 +113,7 @@ def test_auto_streams_only_what_exceeds_the_memory_limit(data_dir):
 
 
 def test_stream_mode_errors_name_the_fix(data_dir, tmp_path):
-  with pytest.raises(UsageError, match='no ArrayRecord copy .*launch/to_array_record.py'):
+  with pytest.raises(UsageError, match='tfds tiny_stream is not prepared under'):
     input_pipeline.load(_config(str(tmp_path)))
   with pytest.raises(UsageError, match='max_examples is not available in stream mode'):
     input_pipeline.load(_config(data_dir, max_examples=10))

@@ -95,7 +95,7 @@ def test_auto_streams_a_npy_file_over_the_memory_limit(tmp_path):
 @pytest.mark.parametrize('x, labels, message', [
     (np.zeros((4, 2, 2)), np.arange(4), r'x must be a numeric \(points, features\) array'),
     (np.array([['a', 'b']] * 4), np.arange(4), 'x must be a numeric'),
-    (np.zeros((4, 2)), np.arange(3), 'one label in y per row'),
+    (np.zeros((4, 2)), np.arange(3), 'x has 4 rows and y 3 labels, so row 3 has no partner'),
     (np.zeros((4, 2)), np.zeros((4, 1), int), 'labels must be a 1-D array'),
     (np.zeros((4, 2)), None, 'needs its labels in'),
 ])

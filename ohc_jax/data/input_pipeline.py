@@ -14,7 +14,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 from ohc_jax.core import imbalance
-from ohc_jax.data import readers
+from ohc_jax.data import prepare, readers, tfds_cache
 from ohc_jax.errors import UsageError, first_line
 
 
@@ -91,43 +91,99 @@ def _load_tfds(name: str, config) -> _Loaded:
   """The tfds data set `name` (as tfds.builder takes it: 'NAME', 'NAME/CONFIG', either with
   ':VERSION'), its config.train_split then config.eval_split; one split when they are equal."""
   splits = dict.fromkeys((config.train_split, config.eval_split))
-  images, labels, sizes, info = readers.read_tfds(
+  images, labels, info = tfds_cache.load(
       name, tuple(splits), config.data_dir, label_key=config.label_key, download=config.download,
       fix='point --config.data_dir (or TFDS_DATA_DIR) at a tfds data dir that holds it, or pass '
           '--config.download=True', image_key=config.image_key, image_size=config.image_size)
   colour = images.ndim == 4 and images.shape[-1] == 3
   scale, offset = (1 / 127.5, -1.0) if colour else (1 / 255, 0.0)
-  return _Loaded(Split(images, labels), sizes[0] if len(splits) == 2 else None,
+  return _Loaded(Split(images, labels), info['sizes'][0] if len(splits) == 2 else None,
                  info['num_classes'], scale, offset, tuple(info['names']))
 
 
 def _load_realdisp(config) -> _Loaded:
-  from ohc_jax.data import realdisp
-  sequence, starts, labels, names = realdisp.load(config.data_dir, config.manual_dir)
-  return _Loaded(Split(Windows(sequence, starts, realdisp.WINDOW), labels), None, len(names), 1.0,
-                 0.0, names)
+  """RealDisp's rows memory-mapped from the cache, built and decoded in a child process."""
+  sequence, starts, labels, names, window = tfds_cache.load_realdisp(config.data_dir,
+                                                                    config.manual_dir)
+  return _Loaded(Split(Windows(sequence, starts, window), labels), None, len(names), 1.0, 0.0,
+                 names)
 
 
 def _classes(labels: np.ndarray, path: str):
-  """(labels as 0..C-1, class names): the sorted distinct labels of a file, numbered."""
-  if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype.kind in 'US'):
+  """(labels as 0..C-1, class names): the sorted distinct labels of a file, numbered. Labels are
+  class numbers >= 0 (integers, or floats holding integers) or strings; anything else is refused
+  naming its first row."""
+  if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.number) or labels.dtype.kind in 'US'):
     raise UsageError(f'{path}: labels must be a 1-D array of integers or strings, got '
                      f'{labels.dtype} of shape {labels.shape}')
+  if labels.dtype.kind in 'fc':
+    bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels.real)))
+    if len(bad):
+      raise UsageError(f'{path}: label row {bad[0]} is {labels[bad[0]]}, not an integer: labels '
+                       f'are class numbers or strings; fix that row (and any like it) or drop it')
+    labels = labels.real.astype(np.int64)
+  if labels.dtype.kind in 'iu' and len(labels) and labels.min() < 0:
+    row = int(np.argmax(labels < 0))
+    raise UsageError(f'{path}: label row {row} is {labels[row]}: labels are class numbers 0, 1, '
+                     f'... (or strings), and a negative one often marks an unlabelled point: '
+                     f'drop those rows or number the classes from 0')
   values, labels = np.unique(labels, return_inverse=True)
   return labels.astype(np.int64), tuple(str(v) for v in values)
 
 
+def _row_chunks(x: np.ndarray, nbytes: int = 1 << 24):
+  """(first row, rows) of x in chunks of about nbytes; a memory-mapped file is read, not mapped,
+  so a scan of it leaves no pages in this process (stream mode's memory stays a batch's)."""
+  row_bytes = max(1, x.dtype.itemsize * int(np.prod(x.shape[1:])))
+  rows = max(1, nbytes // row_bytes)
+  if not (isinstance(x, np.memmap) and x.flags.c_contiguous):
+    for start in range(0, len(x), rows):
+      yield start, x[start:start + rows]
+    return
+  with open(x.filename, 'rb') as f:
+    for start in range(0, len(x), rows):
+      count = min(rows, len(x) - start)
+      f.seek(x.offset + start * row_bytes)
+      yield start, np.fromfile(f, x.dtype, count * (row_bytes // x.dtype.itemsize)).reshape(
+          (count,) + x.shape[1:])
+
+
+def _first_non_finite(x: np.ndarray) -> Optional[int]:
+  """The first row of x holding a NaN or an infinity as float32 (what the model takes: a float64
+  beyond its range is an infinity), or None."""
+  if not np.issubdtype(x.dtype, np.floating):
+    return None  # Integers are always finite.
+  for start, chunk in _row_chunks(x):
+    with np.errstate(over='ignore'):
+      bad = np.flatnonzero(~np.isfinite(chunk.astype(np.float32)).reshape(len(chunk), -1).all(1))
+    if len(bad):
+      return start + int(bad[0])
+  return None
+
+
 def _read_vectors(config, mmap: bool = False):
-  """(x (N, D) numeric, labels 0..C-1, class names) of config.dataset's vectors file, checked; x
-  memory-mapped when `mmap`."""
+  """(x (N, D) real, finite, labels 0..C-1, class names) of config.dataset's vectors file, checked
+  before anything is written; x memory-mapped when `mmap`."""
   path = config.dataset.removeprefix('vectors:')
   if not (path.endswith(('.npz', '.npy')) and os.path.isfile(path)):
     raise UsageError(f'vectors:{path}: no such .npz or .npy file; give vectors:FILE.npz (holding '
                      f'{readers.ARRAY_CONVENTION}) or vectors:FILE.npy (with FILE_labels.npy)')
   x, y, _ = readers.read_arrays(path, labels=True, mmap=mmap)
-  if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or len(x) != len(y):
-    raise UsageError(f'{path}: x must be a numeric (points, features) array with one label in y '
-                     f'per row, got x {x.dtype} {x.shape} and y {y.shape}')
+  if np.iscomplexobj(x):
+    raise UsageError(f'{path}: x is complex ({x.dtype}) and the encoder takes real inputs: save '
+                     f'real features, e.g. numpy.concatenate([x.real, x.imag], axis=1) or abs(x)')
+  if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+    raise UsageError(f'{path}: x must be a numeric (points, features) array, got x {x.dtype} '
+                     f'{x.shape}')
+  if y.ndim and len(x) != len(y):  # A 0-d y: _classes says labels are 1-D.
+    raise UsageError(f'{path}: x has {len(x)} rows and y {len(y)} labels, so row '
+                     f'{min(len(x), len(y))} has no partner: give one label per row of x')
+  bad = _first_non_finite(x)
+  if bad is not None:
+    with np.errstate(over='ignore'):
+      value = x[bad][~np.isfinite(x[bad].astype(np.float32))][0]
+    raise UsageError(f'{path}: x row {bad} holds {value}, not a finite float32: drop or fix such '
+                     f'rows (e.g. numpy.nan_to_num) before training')
   return (x, *_classes(y, path))
 
 
@@ -189,22 +245,19 @@ def is_tfds(dataset: str) -> bool:
 
 
 def array_record_dir(name: str, data_dir) -> str | None:
-  """The NAME[/CONFIG]/VERSION folder of a tfds data set prepared as ArrayRecord (the highest
-  version, or NAME's ':VERSION'), or None."""
-  base, _, version = name.partition(':')
-  root = os.path.join(os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or
-                                         '~/tensorflow_datasets'), base)
-  found = [d for d in (os.listdir(root) if os.path.isdir(root) else ())
-           if (not version or d == version) and os.path.isdir(os.path.join(root, d)) and
-           any('.array_record' in f for f in os.listdir(os.path.join(root, d)))]
-  best = max(found, key=lambda v: tuple(int(p) for p in v.split('.') if p.isdigit()), default=None)
-  return os.path.join(root, best) if best else None
+  """The NAME[/CONFIG]/VERSION folder of a tfds data set in ArrayRecord (the highest version, or
+  NAME's ':VERSION'): the set itself, or for one prepared as TFRecord its copy in the cache, made
+  once (prepare.py); None when the set is not prepared there."""
+  directory = prepare.prepared_dir(name, data_dir)
+  if directory is None or prepare.file_format(directory) == 'array_record':
+    return directory
+  return prepare.array_record_copy(directory)
 
 
 def input_mode(config) -> str:
   """'memory' or 'stream': config.input_mode, or for 'auto' stream when the data would exceed
-  config.max_host_memory_gb and can be streamed: a tfds set with an ArrayRecord copy (its decoded
-  size) or vectors:FILE.npy (the size of its data in the file)."""
+  config.max_host_memory_gb and can be streamed: a prepared tfds set, either format (its decoded
+  size), or vectors:FILE.npy (the size of its data in the file)."""
   if config.input_mode != 'auto':
     return config.input_mode
   size = (_npy_bytes(config.dataset.removeprefix('vectors:'))
@@ -222,9 +275,9 @@ def _npy_bytes(path: str) -> int:
 
 
 def _tfds_decoded_bytes(config) -> int:
-  """The decoded size of a tfds set's ArrayRecord copy; 0 when there is none."""
+  """The decoded size of a prepared tfds set (either format); 0 when there is none."""
   tfds_name = _tfds_name(config.dataset)
-  directory = tfds_name and array_record_dir(tfds_name, config.data_dir)
+  directory = tfds_name and prepare.prepared_dir(tfds_name, config.data_dir)
   if not directory:
     return 0
   with open(os.path.join(directory, 'dataset_info.json')) as f:
@@ -285,9 +338,8 @@ def _stream_tfds(name: str, config) -> Data:
   from ohc_jax.data import streaming
   directory = array_record_dir(name, config.data_dir)
   if directory is None:
-    raise UsageError(f'no ArrayRecord copy of {name} under {config.data_dir or "$TFDS_DATA_DIR"} '
-                     f'to stream: write one with python launch/to_array_record.py, or set '
-                     f'--config.input_mode=memory')
+    raise UsageError(f'tfds {name} is not prepared under {config.data_dir or "$TFDS_DATA_DIR"}: '
+                     f'point --config.data_dir (or TFDS_DATA_DIR) at a tfds data dir that holds it')
   try:
     splits = dict.fromkeys((config.train_split, config.eval_split))
     sources = [streaming.ImageSource(directory, s, config.image_key, config.label_key,

@@ -7,14 +7,20 @@
 - tfds data sets: splits read in order into one array, decoded once in a child process and
   cached (tfds_cache.py: TensorFlow is loaded there and only there).
 
+How images are stored and resized (images.py) is shared with tfds_cache and streaming, re-exported
+here so that readers is the one place the rest of the package reads inputs through.
+
 Bad input raises a one-line UsageError naming the file and the fix.
 """
 
 import os
+import zipfile
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ohc_jax.data.images import image_encoding, resize_crop  # noqa: F401  (re-exported)
 from ohc_jax.errors import UsageError, first_line
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -24,6 +30,9 @@ ARRAY_CONVENTION = 'x (inputs), y (labels) and optionally ids (row names)'
 def _load(path: str, mmap: bool = False):
   try:
     return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
+  except zipfile.BadZipFile as e:
+    raise UsageError(f'cannot read {path} as a .npz file (truncated, or not a zip: '
+                     f'{first_line(e)}): write it again with numpy.savez') from None
   except (OSError, ValueError, EOFError) as e:
     raise UsageError(f'cannot read {path} as {"a .npz" if path.endswith(".npz") else "an .npy"} '
                      f'file ({first_line(e)}): write it with numpy.save or numpy.savez') from None
@@ -51,8 +60,9 @@ def read_arrays(path: str, labels: bool, mmap: bool = False) -> tuple[
     try:
       return (loaded['x'], loaded['y'] if labels else None,
               loaded['ids'] if 'ids' in loaded.files else None)
-    except (OSError, ValueError, EOFError) as e:
-      raise UsageError(f'cannot read the arrays of {path} ({first_line(e)})') from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+      raise UsageError(f'cannot read the arrays of {path} ({first_line(e)}): write it again with '
+                       f'numpy.savez') from None
 
 
 def image_files(folder: str) -> list[str]:
@@ -72,35 +82,6 @@ def read_image(path: str, channels: int) -> np.ndarray:
   except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
     raise UsageError(f'cannot read the image {path} ({first_line(e)}): fix or remove it') from None
   return array[..., None] if array.ndim == 2 else array
-
-
-def image_encoding(feature) -> Optional[str]:
-  """How a tfds feature stores images: 'encoded' (an Image: PNG, JPEG), 'raw' (a (H, W, C) uint8
-  Tensor of raw bytes, as launch/to_array_record.py --encoding=raw writes: read without decoding),
-  or None (not an image)."""
-  import tensorflow_datasets as tfds
-  if isinstance(feature, tfds.features.Image):
-    return 'encoded'
-  if (isinstance(feature, tfds.features.Tensor) and feature.np_dtype == np.uint8 and
-      len(feature.shape) == 3 and None not in feature.shape):
-    return 'raw'
-  return None
-
-
-def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """A (H, W, C) uint8 image's shorter side resized to `size` (OpenCV: area averaging when
-  shrinking, bilinear when enlarging), then its central size x size crop: google/flax's
-  examples/imagenet evaluation crop without its margin. Memory mode (in tfds_cache's child) and
-  stream mode (on host threads) both resize with it, so both give the same pixels."""
-  import cv2
-  height, width = image.shape[:2]
-  scale = size / min(height, width)
-  scaled = max(size, round(height * scale)), max(size, round(width * scale))
-  if scaled != (height, width):
-    image = cv2.resize(image, scaled[::-1], interpolation=cv2.INTER_AREA if scale < 1 else
-                       cv2.INTER_LINEAR).reshape(scaled + image.shape[2:])  # Keeps C = 1.
-  top, left = (scaled[0] - size) // 2, (scaled[1] - size) // 2
-  return np.ascontiguousarray(image[top:top + size, left:left + size])
 
 
 def read_tfds(name: str, splits: Sequence[str], data_dir: Optional[str], fix: str,

@@ -10,7 +10,8 @@ boundary mix two subjects; here windows stay within a subject. Its lines: docs/f
 
 The builder stores each subject's rows once with its windows' start rows and labels (the windows
 overlap 100-fold: storing them would take ~100x the space); `load` returns them ready for
-`input_pipeline.Windows`.
+`input_pipeline.Windows`. It imports TensorFlow: only tfds_cache's child process (and tests) import
+this module, and training memory-maps what the child cached.
 """
 
 import glob
@@ -121,17 +122,27 @@ class Realdisp(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                       'window_labels': classes}
 
 
-def load(data_dir, manual_dir):
-  """(rows (T, 117), window start rows, window classes, class names) of all subjects; prepares
-  the tfds data set from manual_dir first if data_dir (or $TFDS_DATA_DIR) does not hold it."""
+def prepared(data_dir, manual_dir) -> Realdisp:
+  """The builder of the tfds data set, prepared from manual_dir first if data_dir (or
+  $TFDS_DATA_DIR) does not hold it."""
   builder = Realdisp(data_dir=data_dir or os.environ.get('TFDS_DATA_DIR'))
   if not builder.is_prepared():
     check_manual_dir(manual_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.path.abspath(manual_dir)))
+  return builder
+
+
+def read(builder: Realdisp):
+  """(rows (T, 117), window start rows, window classes, class names) of all subjects."""
   examples = sorted(tfds.as_numpy(builder.as_dataset(split='train')), key=lambda e: e['subject'])
   offsets = np.cumsum([0] + [len(e['sensors']) for e in examples])
   sequence = np.concatenate([e['sensors'] for e in examples])
   starts = np.concatenate([e['window_starts'] + o for e, o in zip(examples, offsets)])
   labels = np.concatenate([e['window_labels'] for e in examples])
   return sequence, starts, labels, ACTIVITIES
+
+
+def load(data_dir, manual_dir):
+  """read(prepared(data_dir, manual_dir)): what tfds_cache's child process caches."""
+  return read(prepared(data_dir, manual_dir))
