@@ -19,14 +19,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _feed(mode: str, where: str, batch: int, threads: int):
-  from ohc_jax.data import input_pipeline, streaming
+  from ohc_jax.data import input_pipeline, pipeline, sources
   if mode == 'stream':
-    return streaming.StreamFeed(streaming.ImageSource(where, 'train'), batch, seed=0,
-                                threads=threads)
+    return pipeline.TrainFeed(sources.ImageSource(where, 'train'), batch, seed=0, threads=threads,
+                              prefetch=pipeline.STREAM_PREFETCH)
   config = ml_collections.ConfigDict(dict(
       dataset='cifar10', data_dir=where, download=False, protocol='holdout', max_examples=0,
       imbalance=0, num_clusters=10, seed=0))
-  return input_pipeline.TrainFeed(input_pipeline.load(config).train, batch, seed=0)
+  return pipeline.TrainFeed(input_pipeline.load(config).train, batch, seed=0)
 
 
 def main(mode: str, where: str, batch: int = 256, steps: int = 150, threads: int = 2) -> None:

@@ -1,5 +1,5 @@
 r"""Copies a prepared tfds data set from TFRecord into ArrayRecord, the random-access format
-ohc_jax/data/streaming.py reads (`tfds convert_format` does this too, but needs Apache Beam).
+ohc_jax/data/sources.py reads (`tfds convert_format` does this too, but needs Apache Beam).
 
   python launch/to_array_record.py /work/shared/data/tfds/cifar10/3.0.2 /tmp/tfds_ar/cifar10/3.0.2
   python launch/to_array_record.py SRC /tmp/tfds_ar/cifar10_raw/3.0.2 --encoding=raw
@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ohc_jax.data import streaming  # noqa: E402
+from ohc_jax.data import array_record  # noqa: E402
 
 
 def _raw(src: str, image_key: str):
@@ -30,12 +30,12 @@ def _raw(src: str, image_key: str):
   if not isinstance(image, tfds.features.Image) or None in image.shape:
     sys.exit(f'error: {src}: --encoding=raw needs a fixed-size Image feature {image_key!r}, '
              f'not {image}: use --encoding=png')
-  decode = streaming.ImageSource.decoder(image.shape)
+  from tensorflow_datasets.proto import tf_example_pb2
 
   def convert(record: bytes) -> bytes:
-    example = streaming.example_class().FromString(record)
+    example = tf_example_pb2.Example.FromString(record)
     stored = example.features.feature[image_key].bytes_list.value
-    stored[0] = decode(stored[0]).tobytes()
+    stored[0] = image.decode_example_np(stored[0]).tobytes()
     return example.SerializeToString()
 
   raw = tfds.features.Tensor(shape=image.shape, dtype=image.np_dtype,
@@ -53,9 +53,9 @@ def convert(src: str, out: str, encoding: str = 'png', image_key: str = 'image')
   for split in info['splits']:
     paths = sorted(glob.glob(os.path.join(src, f"{info['name']}-{split['name']}.tfrecord-*")))
     for index, path in enumerate(paths):
-      streaming.write_records(streaming.shard_path(out, info['name'], split['name'], index,
-                                                   len(paths)),
-                              map(change, tf.data.TFRecordDataset(path).as_numpy_iterator()))
+      array_record.write_records(array_record.shard_path(out, info['name'], split['name'], index,
+                                                         len(paths)),
+                                 map(change, tf.data.TFRecordDataset(path).as_numpy_iterator()))
   info['fileFormat'] = 'array_record'
   with open(os.path.join(out, 'dataset_info.json'), 'w') as f:
     json.dump(info, f, indent=2)
