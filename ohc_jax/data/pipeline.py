@@ -2,21 +2,27 @@
 mapped file, ArrayRecord records) for training and evaluation, in memory and stream mode alike.
 
 Training: Grain's MapDataset over the epoch's order, `epoch_permutation(n, seed, epoch)` (ours,
-so the order, and every figure measured with it, is today's), batched into global batches
-(dropping the remainder), sliced from the step a run resumes at (mid-epoch resume reads nothing
-twice), each global batch cut to this process's rows (so the global batches, and the run, do not
-depend on the number of processes), each read as one batch from the source, and prefetched by
-Grain on host threads. Evaluation: the points in order, in global batches, the last padded.
-Errors a source raises (a record that does not decode: UsageError) come out of the iterator
-as they were raised.
+not Grain's shuffle, so the order, and every figure measured with it, is unchanged), batched into
+global batches (the remainder dropped), sliced from the step a run resumes at (a mid-epoch resume
+reads nothing twice), each global batch cut to this process's rows (so the global batches, and
+the run, do not depend on the number of processes), each read from the source as one batch and
+prefetched by Grain on host threads. Evaluation: the points in order, in global batches, the last
+padded. An error a source raises (a record that does not decode: UsageError) comes out of the
+iterator at its batch, as raised.
 
-Threads or processes. Grain also prefetches in worker processes (`mp_prefetch`), free of the
-interpreter lock the step's dispatch needs; `workers` > 0 selects them. Measured on CIFAR-10 (PNG
-records, simp encoder, batch 256, 2 shared CPU cores, `--suite=input`): see docs/benchmarks.md.
-Threads stay the default: [figures below].
+Threads, not worker processes. Grain also prefetches in worker processes (`mp_prefetch`,
+`workers` > 0), free of the interpreter lock the train step's dispatch needs. On 2 shared CPU
+cores (2026-12-05, CIFAR-10 PNG records, the train step fed for 100 steps, medians of 3
+interleaved rounds, docs/benchmarks.md) one worker trained at 77% of memory mode's images/s, one
+thread at 77% and two threads at 83%, within the machine's noise (single rounds 77-126%); but
+each epoch's iterator spawns its workers anew (importing the package): an epoch's, or a resume's,
+first batch came after 7.5-11.5 s instead of 0.05-0.3 s, and the worker held 390 MB more
+(launch/stream_benchmark.py, raw records). So threads are the default whatever the host
+(`input_threads`, 0: default_threads()); `workers` stays for measuring.
 """
 
 import functools
+import os
 from typing import Iterator, Optional
 
 import numpy as np
@@ -36,7 +42,6 @@ def default_threads() -> int:
   """Half the host's cores, at least one: the rest stay with the train step (on 2 CPU cores,
   CIFAR-10 from raw records trained at 91-92% of memory mode's images/s with one thread, 82-90%
   with two: docs/benchmarks.md)."""
-  import os
   return max(1, (os.cpu_count() or 2) // 2)
 
 
@@ -56,9 +61,8 @@ def _prefetched(dataset, threads: int, prefetch: int, workers: int = 0) -> Itera
   iterator = iter(ahead)
   try:
     yield from iterator
-  finally:  # Also when the consumer stops early.
-    if hasattr(iterator, 'close'):
-      iterator.close()
+  finally:  # Also when the consumer stops early: no read left queued.
+    iterator.close()
 
 
 class TrainFeed:

@@ -96,6 +96,7 @@ class ImageSource:
   def __init__(self, dataset_dir: str, split: str, image_key: str = 'image',
                label_key: str = 'label', image_size: int = 0, skip_bad: bool = False):
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.proto import tf_example_pb2
     builder = tfds.builder_from_directory(dataset_dir)
     self._where = f'{dataset_dir} ({split})'
     features = builder.info.features
@@ -113,6 +114,7 @@ class ImageSource:
                        f'--config.image_size=N to resize them to N x N')
     self._records = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    self._example_class = tf_example_pb2.Example
     self._decode = features[image_key].decode_example_np
     self._keys, self._size, self._skip_bad = (image_key, label_key), image_size, skip_bad
     self.image_shape = (image_size, image_size, self._stored[-1]) if image_size else self._stored
@@ -138,10 +140,9 @@ class ImageSource:
 
   def _example(self, record: bytes):
     """(image of image_shape or None, label) of a serialized example."""
-    from tensorflow_datasets.proto import tf_example_pb2
     image_key, label_key = self._keys
     try:
-      feature = tf_example_pb2.Example.FromString(record).features.feature
+      feature = self._example_class.FromString(record).features.feature
       image = self._decode(feature[image_key].bytes_list.value[0])
       if self._size:
         image = readers.resize_crop(image, self._size)
