@@ -271,20 +271,19 @@ def suite_scaling() -> dict:
 
 def _input_feed(mode: str, where: str, batch_size: int):
   """(feed, InputSpec) of an input mode: 'memory' (tfds cifar10 in the data dir `where`, from the
-  tfds cache) or 'stream' (the 'train' split of the ArrayRecord data set `where`, a data dir's
-  NAME/VERSION folder), both by data.load and data.train_feed, as training loads and feeds them."""
+  tfds cache) or 'stream' (the 'train' split of the ArrayRecord data set in the folder `where`),
+  fed by data.train_feed, as training feeds them."""
   from ohc_jax import configuration
   from ohc_jax import data as data_lib
   from ohc_jax.run import experiment
-  config = configuration.base_config()
   if mode == 'memory':
+    config = configuration.base_config()
     config.update(dataset='cifar10', data_dir=where, protocol='holdout')
-  else:
-    name = os.path.basename(os.path.dirname(os.path.normpath(where)))
-    config.update(dataset=f'tfds:{name}', data_dir=os.path.dirname(os.path.dirname(
-        os.path.normpath(where))), input_mode='stream', eval_split='train')
-  data = data_lib.load(config)
-  return (data_lib.train_feed(data.train, batch_size, seed=0), experiment.InputSpec.of(data))
+    data = data_lib.load(config)
+    return data_lib.train_feed(data.train, batch_size, seed=0), experiment.InputSpec.of(data)
+  source = data_lib.ImageSource(where, 'train')
+  return (data_lib.train_feed(source, batch_size, seed=0),
+          experiment.InputSpec(source.image_shape, 'uint8', 1 / 127.5, -1.0, len(source)))
 
 
 def input_case(mode: str, where: str, batch_size: int, steps: int, warmup: int) -> dict:
