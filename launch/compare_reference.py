@@ -265,10 +265,10 @@ def part_assign(reference) -> dict:
 
 def _data(dataset: str, data_dir, subset: int):
   from ohc_jax import configuration
-  from ohc_jax.data import input_pipeline
+  from ohc_jax import data as data_lib
   config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, f'{dataset}.py'))
   config.update(data_dir=data_dir, max_examples=subset)
-  return config, input_pipeline.load(config)
+  return config, data_lib.load(config)
 
 
 def train_reference(reference, data, dataset: str, method: str, epochs: int) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ohc_jax.data import streaming  # noqa: E402
+from ohc_jax.data import array_record  # noqa: E402
 
 NAME, CLASSES = 'synthetic_images', 10
 
@@ -37,8 +37,8 @@ def shard(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 def _write(args) -> None:
   out, seed, index, size, count, encoding = args
   images, labels = shard(seed, index, size)
-  streaming.write_records(streaming.shard_path(out, NAME, 'train', index, count),
-                          streaming.encode_examples(images, labels, encoding))
+  array_record.write_records(array_record.shard_path(out, NAME, 'train', index, count),
+                             array_record.encode_examples(images, labels, encoding))
 
 
 def main(argv=None):
@@ -57,8 +57,8 @@ def main(argv=None):
   with multiprocessing.get_context('spawn').Pool(args.workers) as pool:
     for _ in pool.imap_unordered(_write, jobs):
       pass
-  streaming.write_info(args.out, NAME, '1.0.0', {'train': sizes},
-                       streaming.image_features((32, 32, 3), CLASSES, args.encoding))
+  array_record.write_info(args.out, NAME, '1.0.0', {'train': sizes},
+                          array_record.image_features((32, 32, 3), CLASSES, args.encoding))
 
 
 if __name__ == '__main__':

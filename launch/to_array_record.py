@@ -1,6 +1,7 @@
 r"""Copies a prepared tfds data set from TFRecord into ArrayRecord, the random-access format
 stream mode reads, ahead of time (stream mode makes such a copy in its cache by itself:
-ohc_jax/data/prepare.py; `tfds convert_format` does this too, but needs Apache Beam).
+ohc_jax/data/prepare.py; ohc_jax/data/sources.py reads it; `tfds convert_format` does this too, but needs
+Apache Beam).
 
   python launch/to_array_record.py /work/shared/data/tfds/cifar10/3.0.2 /tmp/tfds_ar/cifar10/3.0.2
   python launch/to_array_record.py SRC /tmp/tfds_ar/cifar10_raw/3.0.2 --encoding=raw

@@ -154,11 +154,11 @@ def training_tables(config, epochs: int) -> dict:
   import numpy as np
   from ohc_jax import models
   from ohc_jax.core import imbalance
-  from ohc_jax.data import input_pipeline
+  from ohc_jax import data as data_lib
   from ohc_jax.run import experiment
   from ohc_jax.core.costs import param_costs
   config.update(num_devices=1, num_epochs=epochs)
-  data = input_pipeline.load(config)
+  data = data_lib.load(config)
   exp = experiment.build(config, experiment.InputSpec.of(data))
   state, model = exp.init_state(), exp.model
 
@@ -170,7 +170,7 @@ def training_tables(config, epochs: int) -> dict:
     return param_costs(z, state.params, config.sigma,
                        imbalance.cost_log_prior(config, state.log_prior))  # As the step.
 
-  feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed)
+  feed = data_lib.train_feed(data.train, config.batch_size, config.seed)
   tables = {}
   for epoch in range(1, epochs + 1):
     taken = []
@@ -270,19 +270,19 @@ def suite_scaling() -> dict:
 
 
 def _input_feed(mode: str, where: str, batch_size: int):
-  """(feed, InputSpec) of an input mode: 'memory' (TrainFeed over tfds cifar10 in the data dir
-  `where`, from the tfds cache) or 'stream' (StreamFeed over the ArrayRecord data set `where`)."""
+  """(feed, InputSpec) of an input mode: 'memory' (tfds cifar10 in the data dir `where`, from the
+  tfds cache) or 'stream' (the 'train' split of the ArrayRecord data set in the folder `where`),
+  fed by data.train_feed, as training feeds them."""
   from ohc_jax import configuration
-  from ohc_jax.data import input_pipeline, streaming
+  from ohc_jax import data as data_lib
   from ohc_jax.run import experiment
   if mode == 'memory':
     config = configuration.base_config()
     config.update(dataset='cifar10', data_dir=where, protocol='holdout')
-    data = input_pipeline.load(config)
-    return (input_pipeline.TrainFeed(data.train, batch_size, seed=0),
-            experiment.InputSpec.of(data))
-  source = streaming.ImageSource(where, 'train')
-  return (streaming.StreamFeed(source, batch_size, seed=0, threads=streaming.default_threads()),
+    data = data_lib.load(config)
+    return data_lib.train_feed(data.train, batch_size, seed=0), experiment.InputSpec.of(data)
+  source = data_lib.ImageSource(where, 'train')
+  return (data_lib.train_feed(source, batch_size, seed=0),
           experiment.InputSpec(source.image_shape, 'uint8', 1 / 127.5, -1.0, len(source)))
 
 

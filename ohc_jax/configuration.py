@@ -12,7 +12,7 @@ from ml_collections import config_dict
 
 from ohc_jax import memory, models
 from ohc_jax.core import assign, imbalance
-from ohc_jax.data import input_pipeline
+from ohc_jax import data as data_lib
 from ohc_jax.core.costs import COVARIANCES
 from ohc_jax.errors import UsageError
 from ohc_jax.core.methods import IMAGE_METHODS, METHODS, SOFT_TRAIN_METHODS
@@ -116,16 +116,16 @@ def _choice(config, field: str, choices) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UsageError naming the first bad field and the fix."""
   dataset = config.dataset
-  _check(input_pipeline.loader(str(dataset)) is not None,
+  _check(data_lib.loader(str(dataset)) is not None,
          f'unknown dataset {dataset!r}: use --config.dataset= one of '
-         f'{", ".join(input_pipeline.DATASETS)}, tfds:NAME (any tfds image data set), '
+         f'{", ".join(data_lib.DATASETS)}, tfds:NAME (any tfds image data set), '
          f'vectors:FILE.npz (arrays x, y) or folder:DIR (one sub-folder of images per class)')
   for field in ('image_key', 'label_key', 'train_split', 'eval_split'):
     _check(isinstance(config[field], str) and config[field].strip() != '',
            f'{field} is empty: set --config.{field}= to a tfds feature or split name')
   _check(int(config.image_size) >= 0,
          f'image_size must be >= 0, got {config.image_size}: set --config.image_size=')
-  tfds_set = input_pipeline.is_tfds(str(dataset))
+  tfds_set = data_lib.is_tfds(str(dataset))
   _check(tfds_set or not config.image_size,
          f'image_size resizes tfds images, and {dataset!r} is not a tfds data set: set '
          f'--config.image_size=0')
@@ -150,7 +150,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'{config.encoder!r}')
   _check(config.encoder == 'mlp' or not str(dataset).startswith('vectors:'),
          f'vectors need --config.encoder=mlp, not {config.encoder!r}')
-  by_path = str(dataset).startswith(tuple(input_pipeline.PATH_DATASETS))
+  by_path = str(dataset).startswith(tuple(data_lib.PATH_DATASETS))
   _check(config.protocol == 'paper' or not (sequences or by_path or (
       tfds_set and config.train_split == config.eval_split)),
          f'{dataset} has no test split: use --config.protocol=paper')

@@ -144,9 +144,9 @@ def predict_chunks(trained, chunks) -> Iterator[tuple[list, np.ndarray, np.ndarr
   import jax
 
   from ohc_jax import sharding
-  from ohc_jax.data import input_pipeline
+  from ohc_jax import data as data_lib
   for ids, images in chunks:
-    images, real = input_pipeline.pad_rows(images, trained.config.eval_batch_size)
+    images, real = data_lib.pad_rows(images, trained.config.eval_batch_size)
     out = trained.eval_step(trained.state, sharding.to_global({'image': images}, trained.mesh))
     out = jax.device_get({'cluster': out['cluster'], 'cost': out['cost']})
     yield ids, np.asarray(out['cluster'])[real], np.asarray(out['cost'])[real]

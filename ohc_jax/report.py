@@ -27,12 +27,12 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
   import jax
   import numpy as np
 
-  from ohc_jax.data import input_pipeline
+  from ohc_jax import data as data_lib
   from ohc_jax.run import evaluation, plots
   config = trained.config
   if data_dir:
     config.data_dir = data_dir
-  data = input_pipeline.load(config)
+  data = data_lib.load(config)
   expected = tuple(trained.meta['input_shape'])
   shape = getattr(data.eval, 'images', data.eval).shape[1:]  # A streaming source has a shape.
   if tuple(shape) != expected:
@@ -43,7 +43,7 @@ def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: st
                            sample).outputs
   prior = np.exp(np.asarray(jax.device_get(trained.state.log_prior), np.float64))
   history = trained.meta.get('history') or []
-  images = input_pipeline.sample_images(data.eval, sample)
+  images = data_lib.sample_images(data.eval, sample)
   return plots.make_all(out, history=history,
                         prior=prior / prior.sum(), outputs=outputs, labels=outputs['label'],
                         images=images, num_clusters=config.num_clusters,

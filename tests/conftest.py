@@ -32,10 +32,10 @@ def build():
   def make(config, num_devices=1, num_train=None):
     import dataclasses
 
-    from ohc_jax.data import input_pipeline
+    from ohc_jax import data as data_lib
     from ohc_jax.run import experiment
     config.num_devices = num_devices
-    data = input_pipeline.load(config)
+    data = data_lib.load(config)
     spec = experiment.InputSpec.of(data)
     if num_train is not None:
       spec = dataclasses.replace(spec, num_train=num_train)

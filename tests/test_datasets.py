@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from ohc_jax import configuration, models
-from ohc_jax.data import input_pipeline, readers
+from ohc_jax.data import input_pipeline, pipeline, readers, sources
 from ohc_jax.run import train
 from ohc_jax.errors import UsageError
 
@@ -123,12 +123,12 @@ def test_train_feed_gives_each_process_its_slice_of_the_permutation():
   """The global batch of step s of an epoch is row s of the epoch's permutation, whatever the number
   of processes and the step resumed from, and the inputs are the split's rows."""
   n, batch = 103, 8
-  split = input_pipeline.Split(np.arange(2 * n, dtype=np.uint8).reshape(n, 2),
-                               np.arange(n, dtype=np.int64) * 10)
+  split = sources.Split(np.arange(2 * n, dtype=np.uint8).reshape(n, 2),
+                        np.arange(n, dtype=np.int64) * 10)
   for seed, epoch, start in ((0, 1, 0), (3, 2, 4)):
-    perm = input_pipeline.epoch_permutation(n, seed, epoch)[:n // batch * batch].reshape(-1, batch)
+    perm = pipeline.epoch_permutation(n, seed, epoch)[:n // batch * batch].reshape(-1, batch)
     for count in (1, 2, 4):
-      epochs = [list(input_pipeline.TrainFeed(split, batch, seed, i, count).epoch(epoch, start))
+      epochs = [list(pipeline.TrainFeed(split, batch, seed, i, count).epoch(epoch, start))
                 for i in range(count)]
       assert all(len(e) == n // batch - start for e in epochs)
       for step, global_rows in enumerate(perm[start:]):
@@ -137,17 +137,17 @@ def test_train_feed_gives_each_process_its_slice_of_the_permutation():
         np.testing.assert_array_equal(labels, global_rows * 10)
         np.testing.assert_array_equal(images, split.images[global_rows])
         assert images.dtype == np.uint8 and labels.dtype == np.int64
-  unfinished = input_pipeline.TrainFeed(split, batch, 0).epoch(1)
+  unfinished = pipeline.TrainFeed(split, batch, 0).epoch(1)
   next(unfinished)
   unfinished.close()  # Leaving an epoch early (an interrupted run) stops the prefetching.
 
 
 def test_pad_rows_appends_zero_rows_and_marks_the_real_ones():
-  padded, real = input_pipeline.pad_rows(np.full((3, 2), 7, np.uint8), 5)
+  padded, real = pipeline.pad_rows(np.full((3, 2), 7, np.uint8), 5)
   assert padded.dtype == np.uint8 and padded.shape == (5, 2)
   np.testing.assert_array_equal(padded[:, 0], [7, 7, 7, 0, 0])
   np.testing.assert_array_equal(real, [True, True, True, False, False])
-  full, real = input_pipeline.pad_rows(np.ones((5, 2)), 5)
+  full, real = pipeline.pad_rows(np.ones((5, 2)), 5)
   assert full.shape == (5, 2) and real.all()
 
 

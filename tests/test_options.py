@@ -10,7 +10,7 @@ import pytest
 
 from ohc_jax import models
 from ohc_jax.core import assign, costs as cost_fns, methods
-from ohc_jax.data import input_pipeline
+from ohc_jax.data import pipeline
 from ohc_jax.run import evaluation, train
 from ohc_jax.errors import UsageError
 from ohc_jax.run.inference import load_trained
@@ -46,7 +46,7 @@ def test_soft_train_with_a_loss_of_its_own_is_refused(digits_config):
 def test_warm_start_puts_centroids_on_the_first_encodings(digits_config, build):
   digits_config.warm_start = True
   data, exp, state = build(digits_config)
-  first = input_pipeline.epoch_permutation(len(data.train), digits_config.seed, 1)
+  first = pipeline.epoch_permutation(len(data.train), digits_config.seed, 1)
   warmed = exp.warm_start(state, data.train.images[first[:digits_config.batch_size]])
   x = models.preprocess(data.train.images[first[:digits_config.batch_size]], data.scale,
                         data.offset)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ohc_jax import configuration, predict
-from ohc_jax.data import input_pipeline
+from ohc_jax.data import input_pipeline, sources
 from ohc_jax.run import evaluation, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.run.inference import load_trained
@@ -41,7 +41,7 @@ def run(tmp_path_factory):
   np.savez(root / 'named.npz', x=images, ids=np.array([f'p{i}' for i in range(N)]))
   np.save(root / 'images.npy', images[..., 0])  # (N, 8, 8): the channel axis may be left out.
   trained = load_trained(str(workdir))
-  split = input_pipeline.Split(images, np.zeros(N, np.int64))
+  split = sources.Split(images, np.zeros(N, np.int64))
   reference = evaluation.evaluate(trained.eval_step, trained.state, split, trained.config,
                              trained.mesh).outputs
   return {'workdir': workdir, 'root': root, 'folder': folder, 'reference': reference,

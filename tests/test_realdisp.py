@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ohc_jax import configuration, models
-from ohc_jax.data import input_pipeline
+from ohc_jax.data import input_pipeline, pipeline, sources
 from ohc_jax.data import realdisp
 from ohc_jax.errors import UsageError
 
@@ -66,14 +66,14 @@ def test_pipeline_serves_windows(prepared):
   configuration.validate(config)
   data = input_pipeline.load(config)
   assert data.num_classes == 33 and data.train is data.eval
-  assert isinstance(data.train.images, input_pipeline.Windows)
+  assert isinstance(data.train.images, sources.Windows)
   assert len(data.train) < 150 and data.train.images.shape[1:] == (512, 117)
-  batch = next(input_pipeline.TrainFeed(data.train, 16, seed=0).epoch(1))
-  rows = input_pipeline.epoch_permutation(len(data.train), 0, 1)[:16]
+  batch = next(pipeline.TrainFeed(data.train, 16, seed=0).epoch(1))
+  rows = pipeline.epoch_permutation(len(data.train), 0, 1)[:16]
   assert batch['image'].shape == (16, 512, 117) and batch['image'].dtype == np.float32
   np.testing.assert_array_equal(batch['image'], data.train.images[rows])
   np.testing.assert_array_equal(batch['label'], data.train.labels[rows])
-  eval_batch, valid = next(input_pipeline.eval_batches(data.eval, 256))
+  eval_batch, valid = next(pipeline.eval_batches(data.eval, 256))
   assert valid == len(data.eval) and eval_batch['valid'].sum() == valid
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from ohc_jax import models, sharding
 from ohc_jax.core import assign
-from ohc_jax.data import input_pipeline
+from ohc_jax.data import input_pipeline, pipeline
 from ohc_jax.run import steps
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
@@ -36,7 +36,7 @@ def _run_steps(config, num_devices, batches):
 
 def _digits_batches(config, steps_count):
   data = input_pipeline.load(config)
-  feed = input_pipeline.TrainFeed(data.train, config.batch_size, config.seed)
+  feed = pipeline.TrainFeed(data.train, config.batch_size, config.seed)
   batches = []
   for epoch in range(1, 10):
     for batch in feed.epoch(epoch):

@@ -14,9 +14,11 @@ import time
 
 import numpy as np
 import pytest
+from tensorflow_datasets.proto import tf_example_pb2
 
 from ohc_jax import configuration
-from ohc_jax.data import input_pipeline, streaming
+from ohc_jax import data as data_lib
+from ohc_jax.data import array_record, input_pipeline, pipeline, sources
 from ohc_jax.run import checkpoints, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
@@ -41,13 +43,13 @@ def data_dir(tmp_path_factory):
                    255).astype(np.uint8)
   for split, rows, shards in (('train', np.arange(96), 2), ('test', np.arange(96, 128), 1)):
     for index, part in enumerate(np.array_split(rows, shards)):
-      streaming.write_records(streaming.shard_path(str(directory), 'tiny_stream', split, index,
-                                                   shards),
-                              streaming.encode_examples(images[part], labels[part]))
+      array_record.write_records(
+          array_record.shard_path(str(directory), 'tiny_stream', split, index, shards),
+          array_record.encode_examples(images[part], labels[part]))
   features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
                                          'label': tfds.features.ClassLabel(num_classes=3)})
-  streaming.write_info(str(directory), 'tiny_stream', '1.0.0', {'train': [48, 48], 'test': [32]},
-                       features)
+  array_record.write_info(str(directory), 'tiny_stream', '1.0.0',
+                          {'train': [48, 48], 'test': [32]}, features)
   return str(root)
 
 
@@ -72,11 +74,11 @@ def test_stream_gives_the_metrics_of_memory_mode_on_the_same_arrays(data_dir, st
                                                                    monkeypatch):
   config = _config(data_dir)
   data = input_pipeline.load(config)
-  assert isinstance(data.train, streaming.ConcatSource) and len(data.train) == 128
-  arrays = input_pipeline.read_rows(data.train, np.arange(128))
-  split = input_pipeline.Split(arrays['image'], arrays['label'])
+  assert isinstance(data.train, sources.ConcatSource) and len(data.train) == 128
+  arrays = pipeline.read_rows(data.train, np.arange(128))
+  split = sources.Split(arrays['image'], arrays['label'])
   in_memory = input_pipeline.Data(split, split, 3, data.scale, data.offset, data.class_names)
-  monkeypatch.setattr(input_pipeline, 'load', lambda c: in_memory)
+  monkeypatch.setattr(data_lib, 'load', lambda c: in_memory)
   memory = train.train_and_evaluate(_config(data_dir, input_mode='memory'), str(tmp_path / 'm'))
   assert _strip(memory) == _strip(streamed)
   assert streamed['num_train'] == 128 and streamed['final']['step'] == 16
@@ -122,7 +124,8 @@ def test_stream_mode_errors_name_the_fix(data_dir, tmp_path):
 
 
 def test_a_streaming_run_loads_no_tensorflow(data_dir, tmp_path):
-  """Records are parsed by streaming.example_class, not TensorFlow's: ~0.5 GB less per process."""
+  """Records are read by tfds's data source and parsed by its own message class, without
+  TensorFlow: ~0.5 GB less per process."""
   script = f"""
 import sys
 from ohc_jax import configuration
@@ -159,14 +162,14 @@ def _set_with_a_bad_record(tmp_path, bad=40):
   directory = tmp_path / 'tiny_stream' / '1.0.0'
   rng = np.random.default_rng(1)
   images, labels = rng.integers(0, 256, (64, 8, 8, 3), np.uint8), rng.integers(0, 3, 64)
-  records = list(streaming.encode_examples(images, labels))
-  broken = streaming.example_class().FromString(records[bad])
+  records = list(array_record.encode_examples(images, labels))
+  broken = tf_example_pb2.Example.FromString(records[bad])
   broken.features.feature['image'].bytes_list.value[0] = b'not a png'
   records[bad] = broken.SerializeToString()
-  streaming.write_records(streaming.shard_path(str(directory), 'tiny_stream', 'train', 0, 1),
-                          records)
-  streaming.write_info(str(directory), 'tiny_stream', '1.0.0', {'train': [64]},
-                       streaming.image_features((8, 8, 3), 3))
+  array_record.write_records(array_record.shard_path(str(directory), 'tiny_stream', 'train', 0, 1),
+                             records)
+  array_record.write_info(str(directory), 'tiny_stream', '1.0.0', {'train': [64]},
+                          array_record.image_features((8, 8, 3), 3))
 
 
 def test_a_record_that_does_not_decode_stops_the_run_then_skipping_resumes_it(tmp_path):
@@ -177,7 +180,7 @@ def test_a_record_that_does_not_decode_stops_the_run_then_skipping_resumes_it(tm
   config = _config(str(tmp_path), eval_split='train', checkpoint_every_steps=1, num_epochs=2)
   with pytest.raises(UsageError, match=r'tiny_stream.*record 40 does not decode.*skip_bad_records'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
-  failing = int(np.flatnonzero(input_pipeline.epoch_permutation(64, config.seed, 1) == 40)[0]) // 16
+  failing = int(np.flatnonzero(pipeline.epoch_permutation(64, config.seed, 1) == 40)[0]) // 16
   assert max(checkpoints.committed_steps(tmp_path / 'run'), default=0) <= failing
   assert not (tmp_path / 'run' / 'results.json').exists()
 
@@ -185,7 +188,7 @@ def test_a_record_that_does_not_decode_stops_the_run_then_skipping_resumes_it(tm
   resumed = train.train_and_evaluate(config, str(tmp_path / 'run'))
   fresh = train.train_and_evaluate(config, str(tmp_path / 'fresh'))
   assert _strip(resumed) == _strip(fresh)
-  in_batches = sum(bool(np.isin(40, input_pipeline.epoch_permutation(64, config.seed, e)[:64]))
+  in_batches = sum(bool(np.isin(40, pipeline.epoch_permutation(64, config.seed, e)[:64]))
                    for e in (1, 2))  # 4 steps of 16: every point, each epoch.
   assert fresh['final']['skipped_records'] == {'train': in_batches, 'eval': 1} == {'train': 2,
                                                                                    'eval': 1}
@@ -216,10 +219,10 @@ import threading
 
 from ohc_jax import cli  # First, as in ohc_jax.main: quiets TensorFlow and XLA.
 from ohc_jax import main
-from ohc_jax.data import streaming
+from ohc_jax.data import sources
 
 log, lock = open(sys.argv.pop(1), 'a'), threading.Lock()
-init, read = streaming.ImageSource.__init__, streaming.ImageSource.read
+init, read = sources.ImageSource.__init__, sources.ImageSource.read
 
 
 def logged_init(self, dataset_dir, split, *args, **kwargs):
@@ -234,7 +237,7 @@ def logged_read(self, rows):
   return read(self, rows)
 
 
-streaming.ImageSource.__init__, streaming.ImageSource.read = logged_init, logged_read
+sources.ImageSource.__init__, sources.ImageSource.read = logged_init, logged_read
 cli.main(main.train, main.parse_flags)
 """
 
@@ -300,7 +303,7 @@ def test_two_processes_stream_their_own_rows_and_match_one_process(data_dir, tmp
            for name, port in zip(names, _free_ports(2)) for i in range(2)}
   try:
     single_reads, lock = collections.defaultdict(list), threading.Lock()
-    init, read = streaming.ImageSource.__init__, streaming.ImageSource.read
+    init, read = sources.ImageSource.__init__, sources.ImageSource.read
 
     def logged_init(self, dataset_dir, split, *args, **kwargs):
       init(self, dataset_dir, split, *args, **kwargs)
@@ -311,8 +314,8 @@ def test_two_processes_stream_their_own_rows_and_match_one_process(data_dir, tmp
         single_reads[self.logged_split].append(tuple(int(r) for r in rows))
       return read(self, rows)
 
-    monkeypatch.setattr(streaming.ImageSource, '__init__', logged_init)
-    monkeypatch.setattr(streaming.ImageSource, 'read', logged_read)
+    monkeypatch.setattr(sources.ImageSource, '__init__', logged_init)
+    monkeypatch.setattr(sources.ImageSource, 'read', logged_read)
     train.train_and_evaluate(_config(data_dir, num_devices=4, **overrides),
                              str(tmp_path / 'single'))
     for (name, i), proc in procs.items():
@@ -328,7 +331,7 @@ def test_two_processes_stream_their_own_rows_and_match_one_process(data_dir, tmp
              for name in (*names, 'single')}
 
   seed, epochs = _config(data_dir).seed, overrides['num_epochs']
-  train_batches = [input_pipeline.epoch_permutation(96, seed, epoch).reshape(6, 16)[step]
+  train_batches = [pipeline.epoch_permutation(96, seed, epoch).reshape(6, 16)[step]
                    for epoch in range(1, epochs + 1) for step in range(6)]
   eval_batches = [np.arange(start, min(start + 12, 32)) for start in (0, 12, 24)] * epochs
   for name in names:
@@ -385,7 +388,7 @@ def test_a_bad_record_in_one_of_two_processes_stops_both_then_skipping_resumes(t
         p.kill()
 
   (code0, err0), (code1, err1) = run_both()
-  position = int(np.flatnonzero(input_pipeline.epoch_permutation(64, 0, 1) == 40)[0])
+  position = int(np.flatnonzero(pipeline.epoch_permutation(64, 0, 1) == 40)[0])
   reader = position % 16 // 8  # The process whose half of the batch holds record 40.
   errors = [err0, err1]
   assert code0 == code1 == 2 and not any('Traceback' in e for e in errors)

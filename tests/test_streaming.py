@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ohc_jax.data import input_pipeline, streaming
+from ohc_jax.data import array_record, pipeline, sources
 from ohc_jax.errors import UsageError
 
 
@@ -17,12 +17,12 @@ def image_set(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('tiny') / 'tiny' / '1.0.0')
   images, labels = _images(70)
   for index, rows in enumerate((slice(0, 45), slice(45, 70))):
-    streaming.write_records(streaming.shard_path(root, 'tiny', 'train', index, 2),
-                            streaming.encode_examples(images[rows], labels[rows]))
+    array_record.write_records(array_record.shard_path(root, 'tiny', 'train', index, 2),
+                               array_record.encode_examples(images[rows], labels[rows]))
   features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
                                          'label': tfds.features.ClassLabel(num_classes=5)})
-  streaming.write_info(root, 'tiny', '1.0.0', {'train': [45, 25]}, features)
-  return root, input_pipeline.Split(images, labels)
+  array_record.write_info(root, 'tiny', '1.0.0', {'train': [45, 25]}, features)
+  return root, sources.Split(images, labels)
 
 
 def _equal_batches(got, want):
@@ -37,7 +37,7 @@ def _equal_batches(got, want):
 
 def test_image_source_decodes_what_was_written(image_set):
   root, split = image_set
-  source = streaming.ImageSource(root, 'train')
+  source = sources.ImageSource(root, 'train')
   assert len(source) == 70 and source.num_classes == 5 and source.image_shape == (8, 8, 3)
   rows = np.array([69, 0, 44, 45, 3])
   batch = source.read(rows)
@@ -48,18 +48,18 @@ def test_image_source_decodes_what_was_written(image_set):
 @pytest.mark.parametrize('process_count, threads', [(1, 1), (1, 3), (2, 2)])
 def test_stream_feed_gives_train_feeds_batches(image_set, process_count, threads):
   root, split = image_set
-  source = streaming.ImageSource(root, 'train')
+  source = sources.ImageSource(root, 'train')
   for index in range(process_count):
-    stream = streaming.StreamFeed(source, 16, seed=3, process_index=index,
-                                  process_count=process_count, threads=threads)
-    memory = input_pipeline.TrainFeed(split, 16, seed=3, process_index=index,
-                                      process_count=process_count)
+    stream = pipeline.TrainFeed(source, 16, seed=3, process_index=index,
+                                process_count=process_count, threads=threads)
+    memory = pipeline.TrainFeed(split, 16, seed=3, process_index=index,
+                                process_count=process_count)
     assert stream.steps_per_epoch == memory.steps_per_epoch == 4
     for epoch, start in ((0, 0), (1, 0), (1, 3)):
       _equal_batches(stream.epoch(epoch, start), memory.epoch(epoch, start))
 
 
-class _Counting(streaming.ArraySource):
+class _Counting(sources.ArraySource):
   """Records every row read."""
 
   def __init__(self, images, labels):
@@ -73,28 +73,28 @@ class _Counting(streaming.ArraySource):
 
 def test_resume_reads_only_the_remaining_batches():
   images, labels = _images(1000, seed=1)
-  whole = list(streaming.StreamFeed(streaming.ArraySource(images, labels), 100, seed=0).epoch(2))
+  whole = list(pipeline.TrainFeed(sources.ArraySource(images, labels), 100, seed=0).epoch(2))
   source = _Counting(images, labels)
-  resumed = list(streaming.StreamFeed(source, 100, seed=0).epoch(2, start_step=7))
+  resumed = list(pipeline.TrainFeed(source, 100, seed=0).epoch(2, start_step=7))
   _equal_batches(resumed, whole[7:])
-  assert sorted(source.rows) == sorted(input_pipeline.epoch_permutation(1000, 0, 2)[700:])
+  assert sorted(source.rows) == sorted(pipeline.epoch_permutation(1000, 0, 2)[700:])
 
 
 def test_processes_read_disjoint_rows_that_form_the_global_batch():
   images, labels = _images(1000, seed=2)
-  sources = [_Counting(images, labels) for _ in range(4)]
-  feeds = [streaming.StreamFeed(s, 100, seed=5, process_index=i, process_count=4)
-           for i, s in enumerate(sources)]
-  whole = streaming.StreamFeed(streaming.ArraySource(images, labels), 100, seed=5).epoch(1)
+  counting = [_Counting(images, labels) for _ in range(4)]
+  feeds = [pipeline.TrainFeed(s, 100, seed=5, process_index=i, process_count=4)
+           for i, s in enumerate(counting)]
+  whole = pipeline.TrainFeed(sources.ArraySource(images, labels), 100, seed=5).epoch(1)
   for parts in zip(whole, *(f.epoch(1) for f in feeds)):
     _equal_batches([{k: np.concatenate([p[k] for p in parts[1:]]) for k in parts[0]}], [parts[0]])
-  rows = [set(s.rows) for s in sources]
+  rows = [set(s.rows) for s in counting]
   assert all(len(r) == 250 for r in rows) and len(set.union(*rows)) == 1000
 
 
 def test_reads_ahead_by_at_most_prefetch_batches():
   source = _Counting(*_images(10_000, seed=3))
-  batches = streaming.StreamFeed(source, 100, seed=0, prefetch=3).epoch(0)
+  batches = pipeline.TrainFeed(source, 100, seed=0, prefetch=3).epoch(0)
   for _ in range(5):
     next(batches)
   assert len(source.rows) <= (5 + 3) * 100
@@ -105,10 +105,10 @@ def test_reads_ahead_by_at_most_prefetch_batches():
 @pytest.mark.parametrize('global_batch, process_count', [(32, 1), (32, 2), (16, 4)])
 def test_eval_batches_equal_memory_modes_labels_included(image_set, global_batch, process_count):
   root, split = image_set
-  source = streaming.ImageSource(root, 'train')
+  source = sources.ImageSource(root, 'train')
   for index in range(process_count):
-    stream = list(streaming.eval_batches(source, global_batch, index, process_count))
-    memory = list(input_pipeline.eval_batches(split, global_batch, index, process_count))
+    stream = list(pipeline.eval_batches(source, global_batch, index, process_count))
+    memory = list(pipeline.eval_batches(split, global_batch, index, process_count))
     assert [v for _, v in stream] == [v for _, v in memory]
     local, labels = global_batch // process_count, []
     for (got, _), (want, _) in zip(stream, memory):
@@ -130,7 +130,7 @@ def test_synthetic_image_set_is_a_readable_tfds_set(tmp_path):
   import make_synthetic_images
   root = str(tmp_path / 'synthetic_images' / '1.0.0')
   make_synthetic_images.main(['--out', root, '--num', '30', '--shard_size', '13', '--seed', '4'])
-  source = streaming.ImageSource(root, 'train')
+  source = sources.ImageSource(root, 'train')
   assert len(source) == 30 and source.num_classes == 10
   want = [make_synthetic_images.shard(4, i, size) for i, size in enumerate((13, 13, 4))]
   batch = source.read(np.arange(30))
@@ -142,17 +142,17 @@ def test_synthetic_image_set_is_a_readable_tfds_set(tmp_path):
 def _write_set(root, images, labels, encoding='png', shape=None, fmt='array_record'):
   """A one-split tfds set 'tiny' at root, as ArrayRecord or TFRecord."""
   import tensorflow as tf
-  records = list(streaming.encode_examples(images, labels, encoding))
+  records = list(array_record.encode_examples(images, labels, encoding))
   if fmt == 'array_record':
-    streaming.write_records(streaming.shard_path(root, 'tiny', 'train', 0, 1), records)
+    array_record.write_records(array_record.shard_path(root, 'tiny', 'train', 0, 1), records)
   else:
     import os
     os.makedirs(root, exist_ok=True)
     with tf.io.TFRecordWriter(f'{root}/tiny-train.tfrecord-00000-of-00001') as writer:
       for record in records:
         writer.write(record)
-  streaming.write_info(root, 'tiny', '1.0.0', {'train': [len(labels)]},
-                       streaming.image_features(shape or images.shape[1:], 5, encoding))
+  array_record.write_info(root, 'tiny', '1.0.0', {'train': [len(labels)]},
+                          array_record.image_features(shape or images.shape[1:], 5, encoding))
   if fmt != 'array_record':
     import json
     info = json.load(open(f'{root}/dataset_info.json'))
@@ -165,7 +165,7 @@ def test_raw_records_read_as_the_png_records_do(tmp_path, shape):
   for encoding in ('png', 'raw'):
     _write_set(str(tmp_path / encoding), images, labels, encoding)
   rows = np.array([19, 0, 7, 7, 3])
-  png, raw = (streaming.ImageSource(str(tmp_path / e), 'train').read(rows) for e in ('png', 'raw'))
+  png, raw = (sources.ImageSource(str(tmp_path / e), 'train').read(rows) for e in ('png', 'raw'))
   _equal_batches([raw], [png])
   np.testing.assert_array_equal(raw['image'], images[rows])
 
@@ -183,13 +183,13 @@ def test_to_array_record_copies_or_stores_raw_what_tfds_reads(tmp_path):
   for encoding in ('png', 'raw'):
     out = str(tmp_path / encoding / 'tiny' / '1.0.0')
     to_array_record.convert(str(tmp_path / 'src'), out, encoding)
-    got = streaming.ImageSource(out, 'train').read(np.arange(12))
+    got = sources.ImageSource(out, 'train').read(np.arange(12))
     np.testing.assert_array_equal(got['image'], images)
     np.testing.assert_array_equal(got['label'], labels)
   by_tfds = tfds.builder_from_directory(str(tmp_path / 'raw' / 'tiny' / '1.0.0')).as_data_source(
       'train')
   np.testing.assert_array_equal(by_tfds[5]['image'], images[5])
-  assert os.path.getsize(streaming.shard_path(out, 'tiny', 'train', 0, 1)) > images.nbytes
+  assert os.path.getsize(array_record.shard_path(out, 'tiny', 'train', 0, 1)) > images.nbytes
 
 
 def test_stream_mode_resizes_as_memory_mode_does(tmp_path):
@@ -204,13 +204,13 @@ def test_stream_mode_resizes_as_memory_mode_does(tmp_path):
   root = str(tmp_path / 'tiny' / '1.0.0')
   records = []
   for image, label in zip(originals, range(4)):
-    records += list(streaming.encode_examples(image[None], np.array([label])))
-  streaming.write_records(streaming.shard_path(root, 'tiny', 'train', 0, 1), records)
-  streaming.write_info(root, 'tiny', '1.0.0', {'train': [4]},
-                       streaming.image_features((None, None, 3), 5))
+    records += list(array_record.encode_examples(image[None], np.array([label])))
+  array_record.write_records(array_record.shard_path(root, 'tiny', 'train', 0, 1), records)
+  array_record.write_info(root, 'tiny', '1.0.0', {'train': [4]},
+                          array_record.image_features((None, None, 3), 5))
   with pytest.raises(UsageError, match=r'vary in size.*image_size=N'):
-    streaming.ImageSource(root, 'train')
-  source = streaming.ImageSource(root, 'train', image_size=12)
+    sources.ImageSource(root, 'train')
+  source = sources.ImageSource(root, 'train', image_size=12)
   streamed = source.read(np.arange(4))['image']
   assert source.image_shape == (12, 12, 3) and streamed.shape == (4, 12, 12, 3)
   for image, got in zip(originals, streamed):
@@ -229,10 +229,10 @@ def test_image_source_names_missing_keys_and_non_image_features(tmp_path):
   images, labels = _images(4)
   _write_set(root, images, labels)
   with pytest.raises(UsageError, match=r"no feature 'img' .*--config.image_key="):
-    streaming.ImageSource(root, 'train', image_key='img')
+    sources.ImageSource(root, 'train', image_key='img')
   with pytest.raises(UsageError, match=r"no feature 'y' .*--config.label_key="):
-    streaming.ImageSource(root, 'train', label_key='y')
+    sources.ImageSource(root, 'train', label_key='y')
   tfds.features.FeaturesDict({'image': tfds.features.Tensor(shape=(8, 8, 3), dtype=np.float32),
                               'label': tfds.features.ClassLabel(num_classes=5)}).save_config(root)
   with pytest.raises(UsageError, match=r'not an image: set --config.image_key='):
-    streaming.ImageSource(root, 'train')
+    sources.ImageSource(root, 'train')

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ohc_jax import configuration
-from ohc_jax.data import input_pipeline, streaming
+from ohc_jax.data import input_pipeline, sources
 from ohc_jax.run import train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
@@ -70,7 +70,7 @@ def test_the_file_is_memory_mapped_and_a_batch_reads_only_its_rows(tmp_path):
   np.save(tmp_path / 'big_labels.npy', np.arange(2**15) % 7 * 10)
   before = _rss()
   data = input_pipeline.load(_config(path, input_mode='stream'))
-  assert data.train is data.eval and isinstance(data.train, streaming.ArraySource)
+  assert data.train is data.eval and isinstance(data.train, sources.ArraySource)
   assert isinstance(data.train.images, np.memmap) and data.train.dtype == np.float32
   assert data.num_classes == 7 and data.class_names == tuple(str(10 * c) for c in range(7))
   assert (data.scale, data.offset) == (1.0, 0.0)
@@ -88,8 +88,8 @@ def test_auto_streams_a_npy_file_over_the_memory_limit(tmp_path):
   assert input_pipeline.input_mode(auto(path, 16)) == 'memory'
   assert input_pipeline.input_mode(auto(path, 20_000 / 2**30)) == 'stream'
   assert input_pipeline.input_mode(auto(tmp_path / 'digits.npz', 1e-6)) == 'memory'
-  assert isinstance(input_pipeline.load(auto(path, 1e-6)).train, streaming.ArraySource)
-  assert isinstance(input_pipeline.load(auto(path, 16)).train, input_pipeline.Split)
+  assert isinstance(input_pipeline.load(auto(path, 1e-6)).train, sources.ArraySource)
+  assert isinstance(input_pipeline.load(auto(path, 16)).train, sources.Split)
 
 
 @pytest.mark.parametrize('x, labels, message', [

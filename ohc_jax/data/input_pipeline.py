@@ -1,51 +1,20 @@
-"""Data: tfds data sets, RealDisp, vector files, image folders and scikit-learn's digits, decoded
-once into memory (by ohc_jax.data.readers) or, in stream mode, read by index (tfds ArrayRecord sets,
-vectors:FILE.npy memory-mapped: streaming.py), and fed by NumPy: TensorFlow loads only for tfds
-data."""
+"""Loading: tfds data sets, RealDisp, vector files, image folders and scikit-learn's digits,
+decoded once into memory (by ohc_jax.data.readers) or, in stream mode, read by index (tfds
+ArrayRecord sets, vectors:FILE.npy memory-mapped: sources.py); either way a `Data` of two sources
+that pipeline.py feeds. TensorFlow loads only for tfds data, in a child process."""
 
-import collections
-import concurrent.futures
 import dataclasses
 import functools
 import json
 import os
-from typing import Iterator, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from ohc_jax.core import imbalance
 from ohc_jax.data import prepare, readers, tfds_cache
+from ohc_jax.data.sources import ArraySource, ConcatSource, ImageSource, Split, Windows, subset
 from ohc_jax.errors import UsageError, first_line
-
-
-class Windows:
-  """Fixed-length windows of a long (T, C) sequence as a read-only (N, length, C) array: indexing
-  copies just the windows asked for (the windows overlap: all of them would not fit in memory);
-  `take(rows)` is a subset that copies nothing."""
-
-  def __init__(self, sequence: np.ndarray, starts: np.ndarray, length: int):
-    self.sequence, self.starts, self.length = sequence, np.asarray(starts, np.int64), length
-    self.shape = (len(self.starts), length) + sequence.shape[1:]
-    self.dtype, self.ndim = sequence.dtype, len(self.shape)
-
-  def __len__(self):
-    return len(self.starts)
-
-  def __getitem__(self, index):
-    return self.sequence[self.starts[index][..., None] + np.arange(self.length)]
-
-  def take(self, rows) -> 'Windows':
-    return Windows(self.sequence, self.starts[rows], self.length)
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """A split held in memory: inputs in their stored dtype and integer class labels."""
-  images: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self):
-    return len(self.labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +27,6 @@ class Data:
   offset: float
   class_names: tuple[str, ...] = ()
   prior: np.ndarray | None = None  # Class proportions of an imbalanced set; None: uniform.
-
-
-def subset(split: Split, rows) -> Split:
-  """The rows (indices or a slice) of a split; windows stay windows."""
-  images = split.images
-  return Split(images.take(rows) if isinstance(images, Windows) else images[rows],
-               split.labels[rows])
 
 
 class _Loaded(NamedTuple):
@@ -306,7 +268,7 @@ def _tfds_name(dataset: str) -> str | None:
 
 
 def _load_stream(config) -> Data:
-  """config.dataset read by index (streaming.py), never held: a tfds data set from its ArrayRecord
+  """config.dataset read by index (sources.py), never held: a tfds data set from its ArrayRecord
   files, or vectors:FILE.npy memory-mapped. Subsets (max_examples, imbalance) are memory mode's."""
   name = _tfds_name(config.dataset)
   vectors = config.dataset.startswith('vectors:')
@@ -323,27 +285,25 @@ def _load_stream(config) -> Data:
 def _stream_vectors(config) -> Data:
   """vectors:FILE.npy memory-mapped: each batch's rows read from the file as float32, only the
   labels (8 bytes a point) held; one split, as in memory mode."""
-  from ohc_jax.data import streaming
   if config.dataset.endswith('.npz'):
     raise UsageError(f'{config.dataset} cannot be streamed (a .npz is a zip, which cannot be '
                      f'memory-mapped): save x as FILE.npy and the labels as FILE_labels.npy '
                      f'(numpy.save), or set --config.input_mode=memory')
   x, labels, names = _read_vectors(config, mmap=True)
-  source = streaming.ArraySource(x, labels, np.float32)
+  source = ArraySource(x, labels, np.float32)
   return Data(source, source, len(names), 1.0, 0.0, names)
 
 
 def _stream_tfds(name: str, config) -> Data:
   """The tfds data set `name` from its ArrayRecord files."""
-  from ohc_jax.data import streaming
   directory = array_record_dir(name, config.data_dir)
   if directory is None:
     raise UsageError(f'tfds {name} is not prepared under {config.data_dir or "$TFDS_DATA_DIR"}: '
                      f'point --config.data_dir (or TFDS_DATA_DIR) at a tfds data dir that holds it')
   try:
     splits = dict.fromkeys((config.train_split, config.eval_split))
-    sources = [streaming.ImageSource(directory, s, config.image_key, config.label_key,
-                                     config.image_size, config.skip_bad_records) for s in splits]
+    sources = [ImageSource(directory, s, config.image_key, config.label_key,
+                           config.image_size, config.skip_bad_records) for s in splits]
   except UsageError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds)
@@ -352,7 +312,7 @@ def _stream_tfds(name: str, config) -> Data:
   if len(sources) == 1:
     train = test = sources[0]
   elif config.protocol == 'paper':
-    train = test = streaming.ConcatSource(*sources)
+    train = test = ConcatSource(*sources)
   else:
     train, test = sources
   colour = sources[0].image_shape[-1] == 3
@@ -389,107 +349,3 @@ def load(config) -> Data:
     train, test = both(lambda s: subset(s, imbalance.subsample(s.labels, keep, config.seed)))
     prior = keep / keep.sum()
   return Data(train, test, num_classes, scale, offset, names, prior)
-
-
-def train_feed(split, global_batch: int, seed: int, process_index: int = 0,
-               process_count: int = 1, threads: int = 0):
-  """The training feed of a split: TrainFeed in memory, streaming.StreamFeed (reading on
-  `threads` host threads, 0: streaming.default_threads()) for a source; the same batches."""
-  if isinstance(split, Split):
-    return TrainFeed(split, global_batch, seed, process_index, process_count)
-  from ohc_jax.data import streaming
-  return streaming.StreamFeed(split, global_batch, seed, process_index, process_count,
-                              threads or streaming.default_threads())
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-  """The order of the training points in an epoch: a function of (seed, epoch) alone."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-class TrainFeed:
-  """Per-epoch batches of one process's rows of each global batch, gathered by NumPy from the
-  split in memory, two batches ahead in a background thread.
-
-  Every process shuffles the same way and takes its slice of each global batch, so the global
-  batches, and therefore the run, do not depend on the number of processes or devices.
-  """
-
-  PREFETCH = 2
-
-  def __init__(self, split: Split, global_batch: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
-    self._split = split
-    self._seed = seed
-    self._global_batch = global_batch
-    self._local_batch = global_batch // process_count
-    self._offset = process_index * self._local_batch
-    self.steps_per_epoch = len(split) // global_batch
-
-  def _batch(self, rows: np.ndarray) -> dict:
-    return {'image': self._split.images[rows], 'label': self._split.labels[rows]}
-
-  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
-    """Batches {'image', 'label'} of the epoch from start_step on (drop remainder)."""
-    perm = epoch_permutation(len(self._split), self._seed, epoch)
-    perm = perm[:self.steps_per_epoch * self._global_batch].reshape(self.steps_per_epoch, -1)
-    rows = perm[start_step:, self._offset:self._offset + self._local_batch]
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      ahead = collections.deque(pool.submit(self._batch, r) for r in rows[:self.PREFETCH])
-      for r in rows[self.PREFETCH:]:
-        batch = ahead.popleft().result()
-        ahead.append(pool.submit(self._batch, r))
-        yield batch
-      while ahead:
-        yield ahead.popleft().result()
-
-
-def pad_rows(array: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(array with zero rows appended up to `size` rows, mask of its real rows): batches keep one
-  shape, so the jitted steps compile once."""
-  real = np.arange(size) < len(array)
-  if len(array) < size:
-    array = np.concatenate([array, np.zeros((size - len(array),) + array.shape[1:], array.dtype)])
-  return array, real
-
-
-def read_rows(split, rows: np.ndarray) -> dict:
-  """{'image', 'label'} of some rows of a Split or a streaming source."""
-  if isinstance(split, Split):
-    return {'image': np.asarray(split.images[rows]), 'label': split.labels[rows]}
-  return split.read(rows)
-
-
-def sample_images(split, sample: Optional[np.ndarray]):
-  """The inputs of the rows `sample` (None: all) of a Split or a streaming source."""
-  if sample is None:
-    return (split.images if isinstance(split, Split) else
-            read_rows(split, np.arange(len(split)))['image'])
-  return read_rows(split, sample)['image']
-
-
-def eval_batches(split, global_batch: int, process_index: int = 0, process_count: int = 1,
-                 threads: int = 0) -> Iterator[tuple[dict, int]]:
-  """The whole split (a Split, or a streaming source) in order, in global batches (the last
-  padded): yields (this process's rows of the batch, {'image', 'label', 'valid'} with 'valid'
-  marking the real ones, number of real points in the global batch); a source is read on `threads`
-  host threads (0: streaming.default_threads())."""
-  if not isinstance(split, Split):
-    from ohc_jax.data import streaming
-    yield from streaming.eval_batches(split, global_batch, process_index, process_count,
-                                      threads or streaming.default_threads())
-    return
-  local = global_batch // process_count
-  for rows, valid in eval_rows(len(split), global_batch, process_index, process_count):
-    images, real = pad_rows(split.images[rows], local)
-    yield {'image': images, 'label': pad_rows(split.labels[rows], local)[0], 'valid': real}, valid
-
-
-def eval_rows(n: int, global_batch: int, process_index: int,
-              process_count: int) -> Iterator[tuple[slice, int]]:
-  """(this process's rows of each global batch of n points in order, real points in the batch)."""
-  local = global_batch // process_count
-  for start in range(0, n, global_batch):
-    valid = min(global_batch, n - start)
-    lo = start + process_index * local
-    yield slice(lo, min(lo + local, start + valid)), valid

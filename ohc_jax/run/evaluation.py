@@ -10,7 +10,7 @@ from jax.experimental import multihost_utils
 
 from ohc_jax import sharding
 from ohc_jax.core import metrics
-from ohc_jax.data import input_pipeline
+from ohc_jax import data as data_lib
 from ohc_jax.run import interrupts
 from ohc_jax.errors import UsageError
 
@@ -30,11 +30,11 @@ def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray]
   config.constrained_eval), batch by batch; the outputs kept (rows `sample`, sorted, or all) are
   gathered to every process as NumPy arrays."""
   acc, kept, start, skipped = metrics.Accumulator(config.num_clusters), [], 0, 0
-  batches, failure = input_pipeline.eval_batches(split, config.eval_batch_size,
-                                                 jax.process_index(), jax.process_count(),
-                                                 config.input_threads), None
-  for _, valid in input_pipeline.eval_rows(len(split), config.eval_batch_size,
-                                           jax.process_index(), jax.process_count()):
+  batches, failure = data_lib.eval_batches(split, config.eval_batch_size,
+                                           jax.process_index(), jax.process_count(),
+                                           config.input_threads), None
+  for _, valid in data_lib.eval_rows(len(split), config.eval_batch_size,
+                                     jax.process_index(), jax.process_count()):
     try:
       batch = next(batches)[0] if failure is None else _blank(split, config)
     except UsageError as e:  # Several processes: blank batches, then all stop together.
@@ -70,7 +70,7 @@ def _blank(split, config) -> dict:
 def eval_sample(config, n: int) -> Optional[np.ndarray]:
   """The evaluation rows whose outputs are kept (config.eval_sample of the n, seeded, sorted), or
   None for all of them (eval_sample 0: all in memory mode, STREAM_EVAL_SAMPLE streaming)."""
-  size = config.eval_sample or (STREAM_EVAL_SAMPLE if input_pipeline.input_mode(config) == 'stream'
+  size = config.eval_sample or (STREAM_EVAL_SAMPLE if data_lib.input_mode(config) == 'stream'
                                 else n)
   if size >= n:
     return None

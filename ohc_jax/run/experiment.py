@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from ohc_jax import models, sharding
 from ohc_jax.core import costs, imbalance
-from ohc_jax.data import input_pipeline
+from ohc_jax import data as data_lib
 from ohc_jax.run import steps
 from ohc_jax.core.methods import make_method
 from ohc_jax.run.train_state import TrainState, create_train_state, make_optimizer
@@ -31,9 +31,9 @@ class InputSpec:
 
   @classmethod
   def of(cls, data) -> 'InputSpec':
-    """The spec of an input_pipeline.Data."""
+    """The spec of a data_lib.Data."""
     # A streaming source has the shape and dtype it reads (a mapped file's may be another).
-    images = data.train.images if isinstance(data.train, input_pipeline.Split) else data.train
+    images = data.train.images if isinstance(data.train, data_lib.Split) else data.train
     return cls(tuple(int(d) for d in images.shape[1:]), str(images.dtype), float(data.scale),
                float(data.offset), len(data.train))
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ohc_jax import configuration, sharding
 from ohc_jax.core import metrics, probes
-from ohc_jax.data import input_pipeline
+from ohc_jax import data as data_lib
 from ohc_jax.run import checkpoints, experiment, interrupts, logging_utils, resume, timing
 from ohc_jax.errors import NonFiniteError, UsageError
 from ohc_jax.run.evaluation import eval_sample, evaluate  # NonFiniteError: train.NonFiniteError too.
@@ -218,7 +218,7 @@ def _start(config, workdir: str, overwrite: bool, clock):
   sharding.maybe_initialize_distributed(config)
   lead = jax.process_index() == 0
   with clock('data'):
-    data = input_pipeline.load(config)
+    data = data_lib.load(config)
   if len(data.train) < config.batch_size:
     raise UsageError(f'batch_size={config.batch_size} exceeds the {len(data.train)} training '
                      f'points: lower --config.batch_size')
@@ -228,14 +228,13 @@ def _start(config, workdir: str, overwrite: bool, clock):
   with clock('build'):
     exp = experiment.build(config, experiment.InputSpec.of(data))
     resume.prepare(config, workdir, overwrite)
-    feed = input_pipeline.train_feed(data.train, config.batch_size, config.seed,
-                                     jax.process_index(), jax.process_count(),
-                                     config.input_threads)
+    feed = data_lib.train_feed(data.train, config.batch_size, config.seed,
+                               jax.process_index(), jax.process_count(), config.input_threads)
     state, pos = exp.init_state(), Position()
     if config.warm_start and not resuming:
-      first = input_pipeline.epoch_permutation(len(data.train), config.seed, 1)
+      first = data_lib.epoch_permutation(len(data.train), config.seed, 1)
       rows = first[:max(config.num_clusters, config.batch_size)]
-      state = exp.warm_start(state, input_pipeline.read_rows(data.train, rows)['image'])
+      state = exp.warm_start(state, data_lib.read_rows(data.train, rows)['image'])
     ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints, lead=lead)
     if resuming:
       restored = resume.restore(ckpt, state, config, workdir)
@@ -398,8 +397,8 @@ class _EpochOutputs:
         itstime(pos.epoch, config.plots_every_epochs, config.num_epochs)):
       prior = np.exp(np.asarray(jax.device_get(state.log_prior), np.float64))
       centroids = np.asarray(jax.device_get(state.params['centroids']))
-      images = input_pipeline.sample_images(self._data.eval,
-                                            eval_sample(config, len(self._data.eval)))
+      images = data_lib.sample_images(self._data.eval,
+                                      eval_sample(config, len(self._data.eval)))
       self._jobs.append(self._pool.submit(_make_plots, self._workdir, config, list(pos.history),
                                           outputs, images, self._data.class_names,
                                           prior / prior.sum(), centroids))
