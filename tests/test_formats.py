@@ -39,13 +39,13 @@ tfds.dataset_builders.TfDataBuilder(
 _LOAD = '''
 import json, sys
 from ohc_jax import configuration
-from ohc_jax.data import input_pipeline
+from ohc_jax import data as data_lib
 config = configuration.from_file(sys.argv[1])
 config.update(**json.loads(sys.argv[2]))
-data = input_pipeline.load(config)
-batch = next(input_pipeline.train_feed(data.train, 8, 0).epoch(1))
-evaluated, _ = next(input_pipeline.eval_batches(data.eval, 8))
-print(json.dumps({'mode': input_pipeline.input_mode(config), 'shape': list(batch['image'].shape),
+data = data_lib.load(config)
+batch = next(data_lib.train_feed(data.train, 8, 0).epoch(1))
+evaluated, _ = next(data_lib.eval_batches(data.eval, 8))
+print(json.dumps({'mode': data_lib.input_mode(config), 'shape': list(batch['image'].shape),
                   'labels': evaluated['label'].tolist(), 'n': len(data.train),
                   'tf': sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')[:3]}))
 '''

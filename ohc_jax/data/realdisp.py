@@ -10,7 +10,7 @@ boundary mix two subjects; here windows stay within a subject. Its lines: docs/f
 
 The builder stores each subject's rows once with its windows' start rows and labels (the windows
 overlap 100-fold: storing them would take ~100x the space); `load` returns them ready for
-`input_pipeline.Windows`. It imports TensorFlow: only tfds_cache's child process (and tests) import
+`sources.Windows`. It imports TensorFlow: only tfds_cache's child process (and tests) import
 this module, and training memory-maps what the child cached.
 """
 
