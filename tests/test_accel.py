@@ -135,7 +135,7 @@ def test_bfloat16_train_step_trains_every_encoder_in_float32_state(encoder, shap
 
 @pytest.mark.slow
 def test_bfloat16_ckm_train_step():
-  c = _config(method='ckm', compute_dtype='bfloat16')
+  c = _config(method='ckm', encoder='mlp', compute_dtype='bfloat16')
   state, losses = _train_steps(c, (8, 8, 1))
   assert int(state.bad_step) == -1 and all(np.isfinite(losses))
   assert _dtypes(state.params['decoder']) == {'float32'}
