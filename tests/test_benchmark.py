@@ -45,12 +45,12 @@ def test_assign_suite(tmp_path):
 
 
 def test_train_suite_reports_the_assignment_share(tmp_path):
-  stdout, figures = _run(tmp_path, '--suite=train', '--train_cases=simp:32:32,resnet18:64:8',
+  stdout, figures = _run(tmp_path, '--suite=train', '--train_cases=simp:32:32,resnet18:64:2',
                          '--compute_dtypes=float32,bfloat16', '--steps=2', '--repeats=1')
   rows = figures['rows']
   assert [(r['encoder'], r['image_size'], r['batch_size'], r['compute_dtype']) for r in rows] == [
       ('simp', 32, 32, 'float32'), ('simp', 32, 32, 'bfloat16'),
-      ('resnet18', 64, 8, 'float32'), ('resnet18', 64, 8, 'bfloat16')]
+      ('resnet18', 64, 2, 'float32'), ('resnet18', 64, 2, 'bfloat16')]
   for row in rows:
     assert row['combination_images_per_s'] > 0 and row['argmin_images_per_s'] > 0
     assert row['forward_ms'] > 0 and row['conv_impl'] == 'auto'
