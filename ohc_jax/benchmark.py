@@ -1,6 +1,7 @@
 r"""Benchmarks that print and save (JSON) their figures.
 
   python -m ohc_jax.benchmark                  # --suite=train: simp encoder, CIFAR-10-shaped batches
+      [--train_cases=simp:32:256,resnet18:64:256 --compute_dtypes=float32,bfloat16]
   python -m ohc_jax.benchmark --suite=assign   # sequential vs parallel combination assignment
       [--assign_batch_sizes=256,1024,4096 --assign_num_clusters=10,100,1000]
       [--table_config=configs/cifar10.py --config_data_dir=../shared/data/tfds --table_epochs=3]
@@ -31,7 +32,14 @@ _SUITE = flags.DEFINE_enum('suite', 'train', ['train', 'assign', 'scaling', 'inp
                            'What to measure.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the figures (default: '
                            'benchmarks/<suite>-<platform>.json).')
-_BATCH = flags.DEFINE_integer('batch_size', 256, 'Global batch for the train and scaling suites.')
+_BATCH = flags.DEFINE_integer('batch_size', 256, 'Global batch for the scaling and input suites.')
+_TRAIN_CASES = flags.DEFINE_list('train_cases', ['simp:32:256'], '--suite=train: '
+                                 'ENCODER:IMAGE_SIZE:GLOBAL_BATCH of each measurement, on '
+                                 '3-channel images and K=10 (configs/cifar10.py otherwise).')
+_DTYPES = flags.DEFINE_list('compute_dtypes', ['float32'], '--suite=train: config.compute_dtype '
+                            'of each measurement (float32, bfloat16).')
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'space_to_depth', 'plain'],
+                               '--suite=train: config.conv_impl.')
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps per measurement.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per figure; the median is reported.')
 _ASSIGN_B = flags.DEFINE_list('assign_batch_sizes', ['256', '1024', '4096'],
@@ -76,23 +84,48 @@ def _timed_steps(step, state, batches, steps, repeats):
   return statistics.median(times), state
 
 
-def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
-                     num_devices: int = 1, assign_impl: str = 'parallel') -> float:
-  """Images/s of the reference's default CIFAR-10 setup (simp encoder, K=10; docs/fidelity.md)
-  with the given method."""
+def _train_experiment(method: str, batch_size: int, num_devices: int = 1,
+                      assign_impl: str = 'parallel', **overrides):
+  """(experiment, four global batches) of the reference's default CIFAR-10 setup (simp encoder,
+  K=10; docs/fidelity.md) with the given method, on images of overrides' image_size (32)."""
   import numpy as np
   from ohc_jax import configuration
   from ohc_jax.run import experiment
+  size = overrides.pop('image_size', 32)
   config = configuration.from_file(os.path.join(configuration.CONFIG_DIR, 'cifar10.py'))
   config.update(method=method, batch_size=batch_size, num_devices=num_devices,
-                assign_impl=assign_impl)
-  exp = experiment.build(config, experiment.InputSpec((32, 32, 3), 'uint8', 1 / 127.5, -1.0,
+                assign_impl=assign_impl, **overrides)
+  exp = experiment.build(config, experiment.InputSpec((size, size, 3), 'uint8', 1 / 127.5, -1.0,
                                                       num_train=60000))  # CIFAR-10's.
   rng = np.random.default_rng(0)
-  batches = [exp.to_global({'image': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
+  batches = [exp.to_global({'image': rng.integers(0, 256, (batch_size, size, size, 3), np.uint8),
                             'label': np.zeros(batch_size, np.int64)}) for _ in range(4)]
+  return exp, batches
+
+
+def train_throughput(method: str, batch_size: int, steps: int, repeats: int,
+                     num_devices: int = 1, assign_impl: str = 'parallel', **overrides) -> float:
+  """Images/s of the train step of `_train_experiment`."""
+  exp, batches = _train_experiment(method, batch_size, num_devices, assign_impl, **overrides)
   seconds, _ = _timed_steps(exp.train_step, exp.init_state(seed=0), batches, steps, repeats)
   return batch_size / seconds
+
+
+def forward_ms(batch_size: int, steps: int, repeats: int, **overrides) -> float:
+  """Milliseconds of the evaluation step (encoder forward, cost table, argmin) on a training batch:
+  the forward part of a train step."""
+  exp, batches = _train_experiment('none', batch_size, **overrides)
+  state = exp.init_state(seed=0)
+  step = lambda state, batch: (state, exp.eval_step(state, batch))
+  seconds, _ = _timed_steps(step, state, batches, steps, repeats)
+  return 1e3 * seconds
+
+
+def peak_device_memory_mb():
+  """The device's peak memory in use so far (MB), where the backend reports it (not XLA:CPU)."""
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else None
 
 
 def _blob_costs(batch_size: int, num_clusters: int, seed: int = 0):
@@ -186,22 +219,53 @@ def training_tables(config, epochs: int) -> dict:
   return {name: np.stack(t) for name, t in tables.items()}
 
 
+def train_case(encoder: str, image_size: int, batch: int, compute_dtype: str) -> dict:
+  """The train suite's figures of one case: images/s with combination assignment and with a plain
+  argmin, the forward part, the assignment alone and its share of a step, peak device memory."""
+  steps, repeats = _STEPS.value, _REPEATS.value
+  case = dict(encoder=encoder, image_size=image_size, compute_dtype=compute_dtype,
+              conv_impl=_CONV_IMPL.value)
+  row = {'batch_size': batch, **case,
+         'combination_images_per_s': train_throughput('combination', batch, steps, repeats,
+                                                      **case),
+         'argmin_images_per_s': train_throughput('none', batch, steps, repeats, **case),
+         'forward_ms': forward_ms(batch, steps, repeats, **case),
+         'assignment_ms_per_batch': assignment_ms(batch, 10, repeats)[0],
+         'peak_device_memory_mb': peak_device_memory_mb()}
+  step_ms = 1e3 * batch / row['combination_images_per_s']
+  row['step_ms'] = step_ms
+  row['assignment_share_of_step'] = row['assignment_ms_per_batch'] / step_ms
+  print(f'{encoder} encoder, {compute_dtype}, {image_size}x{image_size}x3 batches of {batch}, '
+        f'K=10:')
+  print(f'  train, combination assignment: {row["combination_images_per_s"]:8.0f} images/s')
+  print(f'  train, plain argmin:           {row["argmin_images_per_s"]:8.0f} images/s')
+  print(f'  forward (evaluation step):     {row["forward_ms"]:8.3f} ms/batch')
+  print(f'  combination assignment alone:  {row["assignment_ms_per_batch"]:8.3f} ms/batch '
+        f'({100 * row["assignment_share_of_step"]:.1f}% of a {step_ms:.2f} ms step)')
+  if row['peak_device_memory_mb'] is not None:
+    print(f'  peak device memory so far:     {row["peak_device_memory_mb"]:8.0f} MB')
+  return row
+
+
 def suite_train() -> dict:
-  batch, steps, repeats = _BATCH.value, _STEPS.value, _REPEATS.value
-  result = {
-      'batch_size': batch,
-      'combination_images_per_s': train_throughput('combination', batch, steps, repeats),
-      'argmin_images_per_s': train_throughput('none', batch, steps, repeats),
-      'assignment_ms_per_batch': assignment_ms(batch, 10, repeats)[0],
-  }
-  print(f'simp encoder, CIFAR-10-shaped batches of {batch}, K=10:')
-  print(f'  train, combination assignment: {result["combination_images_per_s"]:8.0f} images/s')
-  print(f'  train, plain argmin:           {result["argmin_images_per_s"]:8.0f} images/s')
-  step_ms = 1e3 * batch / result['combination_images_per_s']
-  result['assignment_share_of_step'] = result['assignment_ms_per_batch'] / step_ms
-  print(f'  combination assignment alone:  {result["assignment_ms_per_batch"]:8.3f} ms/batch '
-        f'({100 * result["assignment_share_of_step"]:.1f}% of a {step_ms:.2f} ms step)')
-  return result
+  cases = []
+  for case in _TRAIN_CASES.value:
+    parts = case.split(':')
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+      raise UsageError(f'--train_cases: {case!r} is not ENCODER:IMAGE_SIZE:BATCH, e.g. simp:32:256')
+    cases.append((parts[0], int(parts[1]), int(parts[2])))
+  from ohc_jax import models
+  for encoder, _, _ in cases:
+    if encoder not in ('simp', 'resnet18'):
+      raise UsageError(f'--train_cases: encoder {encoder!r} does not take images: use simp or '
+                       f'resnet18')
+  for dtype in _DTYPES.value:
+    if dtype not in models.COMPUTE_DTYPES:
+      raise UsageError(f'--compute_dtypes: unknown {dtype!r}: use '
+                       f'{", ".join(models.COMPUTE_DTYPES)}')
+  rows = [train_case(encoder, size, batch, dtype) for encoder, size, batch in cases
+          for dtype in _DTYPES.value]
+  return {'rows': rows}
 
 
 def suite_assign() -> dict:

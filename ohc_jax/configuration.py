@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder = 'simp'
   c.hidden_dim = 256  # 'mlp' encoder only.
   c.latent_dim = 128
+  c.compute_dtype = 'float32'  # 'bfloat16': activations and convolutions of the encoder (and the
+  # ckm decoder) in bfloat16; parameters, optimizer state, BatchNorm statistics, the cost table,
+  # assignment, losses and metrics stay float32.
+  c.conv_impl = 'auto'  # simp's convolutions: 'space_to_depth' (fast on XLA:CPU), 'plain' (nn.Conv,
+  # max-pool) or 'auto' (space-to-depth on the CPU backend, plain elsewhere); the same parameters.
   # Clustering.
   c.num_clusters = 10
   c.sigma = 100.0
@@ -130,6 +135,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f'image_size resizes tfds images, and {dataset!r} is not a tfds data set: set '
          f'--config.image_size=0')
   _choice(config, 'encoder', models.ENCODERS)
+  _choice(config, 'compute_dtype', models.COMPUTE_DTYPES)
+  _choice(config, 'conv_impl', models.CONV_IMPLS)
   _choice(config, 'protocol', PROTOCOLS)
   _choice(config, 'method', METHODS)
   _choice(config, 'covariance', COVARIANCES)

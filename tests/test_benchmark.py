@@ -45,12 +45,28 @@ def test_assign_suite(tmp_path):
 
 
 def test_train_suite_reports_the_assignment_share(tmp_path):
-  stdout, figures = _run(tmp_path, '--suite=train', '--batch_size=32', '--steps=2', '--repeats=1')
-  assert figures['combination_images_per_s'] > 0 and figures['argmin_images_per_s'] > 0
-  step_ms = 1e3 * 32 / figures['combination_images_per_s']
-  assert abs(figures['assignment_share_of_step']
-             - figures['assignment_ms_per_batch'] / step_ms) < 1e-9
-  assert '% of a' in stdout
+  stdout, figures = _run(tmp_path, '--suite=train', '--train_cases=simp:32:32,resnet18:64:2',
+                         '--compute_dtypes=float32,bfloat16', '--steps=2', '--repeats=1')
+  rows = figures['rows']
+  assert [(r['encoder'], r['image_size'], r['batch_size'], r['compute_dtype']) for r in rows] == [
+      ('simp', 32, 32, 'float32'), ('simp', 32, 32, 'bfloat16'),
+      ('resnet18', 64, 2, 'float32'), ('resnet18', 64, 2, 'bfloat16')]
+  for row in rows:
+    assert row['combination_images_per_s'] > 0 and row['argmin_images_per_s'] > 0
+    assert row['forward_ms'] > 0 and row['conv_impl'] == 'auto'
+    step_ms = 1e3 * row['batch_size'] / row['combination_images_per_s']
+    assert abs(row['assignment_share_of_step'] - row['assignment_ms_per_batch'] / step_ms) < 1e-9
+    assert row['peak_device_memory_mb'] is None  # XLA:CPU does not report it.
+  assert stdout.count('% of a') == 4 and 'resnet18 encoder, bfloat16, 64x64x3' in stdout
+
+
+def test_train_suite_names_a_bad_case(tmp_path):
+  out = tmp_path / 'figures.json'
+  proc = subprocess.run([sys.executable, '-m', 'ohc_jax.benchmark', f'--out={out}',
+                         '--train_cases=simp:32'], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 2 and 'ENCODER:IMAGE_SIZE:BATCH' in proc.stderr and not out.exists()
+  assert 'Traceback' not in proc.stderr
 
 
 _TINY_CIFAR10 = '''

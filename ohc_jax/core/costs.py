@@ -8,6 +8,10 @@ to the fixed cost at initialisation); 'estimated' (params['precision'], (K, nz, 
 re-estimated after each epoch by `estimate_precisions`; C = (z - mu_k)^T P_k (z - mu_k), without a
 log-determinant term, as the reference's `--estimate_covars`). Both against the reference's
 options: docs/fidelity.md.
+
+The products here run at `HIGHEST` precision: float32 on every backend, where an NVIDIA GPU's default
+for float32 matmuls may be TF32 (10-bit mantissa) and a TPU's bfloat16 passes. The table feeds an
+exact assignment, whose labels must be those of the float32 table (docs/fidelity.md).
 """
 
 import jax
@@ -17,9 +21,17 @@ import numpy as np
 COVARIANCES = ('fixed', 'learned_diagonal', 'estimated')
 
 
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _matmul(a, b):
+  """a @ b in float32 on every backend (no TF32, no bfloat16 passes)."""
+  return jnp.matmul(a, b, precision=_HIGHEST)
+
+
 def squared_distances(z, centroids):
   """||z_i - mu_k||^2 for every pair, as a (B, K) table (matmul form, clamped at zero)."""
-  d = (jnp.sum(z * z, axis=1, keepdims=True) - 2.0 * z @ centroids.T
+  d = (jnp.sum(z * z, axis=1, keepdims=True) - 2.0 * _matmul(z, centroids.T)
        + jnp.sum(centroids * centroids, axis=1)[None, :])
   return jnp.maximum(d, 0.0)
 
@@ -45,12 +57,13 @@ def param_costs(z, params, sigma, log_prior):
   if 'log_precision' in params:
     log_p = params['log_precision']
     p = jnp.exp(log_p)
-    quad = (z * z) @ p.T - 2.0 * z @ (p * mu).T + jnp.sum(p * mu * mu, axis=1)[None, :]
+    quad = (_matmul(z * z, p.T) - 2.0 * _matmul(z, (p * mu).T)
+            + jnp.sum(p * mu * mu, axis=1)[None, :])
     costs = jnp.maximum(quad, 0.0) - jnp.sum(log_p + jnp.log(sigma), axis=1)[None, :]
   elif 'precision' in params:
     p = jax.lax.stop_gradient(params['precision'])
-    p_mu = jnp.einsum('kde,ke->kd', p, mu)
-    quad = (jnp.einsum('bd,kde,be->bk', z, p, z) - 2.0 * z @ p_mu.T
+    p_mu = jnp.einsum('kde,ke->kd', p, mu, precision=_HIGHEST)
+    quad = (jnp.einsum('bd,kde,be->bk', z, p, z, precision=_HIGHEST) - 2.0 * _matmul(z, p_mu.T)
             + jnp.sum(mu * p_mu, axis=1)[None, :])
     costs = jnp.maximum(quad, 0.0)
   else:

@@ -19,17 +19,32 @@ which has the parameters, statistics and values of nn.Conv -> nn.BatchNorm -> Re
 
 `configure_xla_cpu` keeps XLA:CPU's YNNPACK library off convolutions: its kernel gradient of the first
 layer takes 80 ms against Eigen's 10 ms.
+
+Other backends run small-channel convolutions well, so there `Conv2D` and `max_pool_2x2` take the
+plain path (`lax.conv_general_dilated`, `nn.max_pool`): config.conv_impl 'auto' picks by backend
+(`resolve_impl`), and both paths have the same parameters and, to float tolerance, the same values.
 """
 
 import os
 
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 _YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 _YNN_VERIFIED_JAXLIB = ('0.10.2',)  # Versions known to accept _YNN_FLAG (an unknown flag is fatal).
+IMPLS = ('auto', 'space_to_depth', 'plain')
+
+
+def resolve_impl(impl: str) -> str:
+  """config.conv_impl as run: 'auto' is space-to-depth on the CPU backend and plain elsewhere."""
+  if impl == 'auto':
+    return 'space_to_depth' if jax.default_backend() == 'cpu' else 'plain'
+  return impl
 
 
 def configure_xla_cpu() -> bool:
@@ -105,24 +120,35 @@ def conv2d(x, kernel):
 
 
 class Conv2D(nn.Module):
-  """`nn.Conv(features, kernel_size, padding='VALID', use_bias=use_bias)` through space-to-depth.
+  """`nn.Conv(features, kernel_size, padding='VALID', use_bias=use_bias, dtype=dtype)` through
+  space-to-depth, or (impl 'plain') through lax.conv_general_dilated itself.
 
-  Parameters as nn.Conv's: 'kernel' (kh, kw, in, features) drawn from lecun_normal, 'bias'
-  (features,) zeros; `init` with the same key gives nn.Conv's values. With `phases`, the output is in
-  the phase layout of `conv2d_phases` instead of NHWC.
+  Parameters as nn.Conv's, float32 whatever `dtype` (the computation's): 'kernel' (kh, kw, in,
+  features) drawn from lecun_normal, 'bias' (features,) zeros; `init` with the same key gives
+  nn.Conv's values. With `phases` (space-to-depth only), the output is in the phase layout of
+  `conv2d_phases` instead of NHWC.
   """
   features: int
   kernel_size: tuple[int, int]
   use_bias: bool = True
   phases: bool = False
+  impl: str = 'space_to_depth'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
-    y = (conv2d_phases if self.phases else conv2d)(x, kernel)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.impl == 'plain':
+      if self.phases:
+        raise ValueError('the phase layout is the space-to-depth path\'s: use impl space_to_depth')
+      y = lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DIMS)
+    else:
+      y = (conv2d_phases if self.phases else conv2d)(x, kernel)
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+      bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
     return y
 
 
@@ -135,12 +161,14 @@ def max_pool_phases(y):
   return y.max(axis=3)
 
 
-def max_pool_2x2(x):
+def max_pool_2x2(x, impl: str = 'space_to_depth'):
   """2x2 max-pool, stride 2, of NHWC `x`, dropping an odd last row or column (as nn.max_pool).
 
   A reshape and a maximum: its gradient avoids select-and-scatter, slow on XLA:CPU. Ties as in
-  `max_pool_phases`.
+  `max_pool_phases`. impl 'plain': nn.max_pool itself, for the other backends.
   """
+  if impl == 'plain':
+    return nn.max_pool(x, (2, 2), (2, 2))
   b, h, w, c = x.shape
   x = x[:, :h - h % 2, :w - w % 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 from ohc_jax import sharding
 from ohc_jax.core import assign, imbalance, methods
 from ohc_jax.core.costs import param_costs
-from ohc_jax.models.encoders import CKMDecoder, preprocess
+from ohc_jax.models.encoders import make_decoder, preprocess
 
 
 def _all_finite(tree) -> jax.Array:
@@ -59,7 +59,7 @@ def make_train_step(config, model, tx, method, mesh, scale: float, offset: float
       labels, counts, loss, duals, method_metrics = method(costs, counts_in, state.duals,
                                                            log_prior)
       if ckm:
-        decoder = CKMDecoder(x.shape[1:], config.latent_dim)
+        decoder = make_decoder(config, x.shape[1:])
         decode = lambda v: decoder.apply({'params': jax.lax.stop_gradient(params['decoder'])}, v)
         key = jax.random.fold_in(jax.random.key(config.seed), state.step)
         weight = jnp.where(state.step < pretrain_steps, 0.0, methods.CKM_CLUSTER_WEIGHT)

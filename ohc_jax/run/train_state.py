@@ -38,7 +38,7 @@ def create_train_state(config, model, tx, input_shape, rng) -> TrainState:
   params = {'encoder': variables['params'], 'centroids': centroids,
             **costs.covariance_params(config)}
   if config.method == 'ckm':
-    decoder = models.CKMDecoder(tuple(input_shape), config.latent_dim)
+    decoder = models.make_decoder(config, input_shape)
     params['decoder'] = decoder.init(jax.random.fold_in(rng, 1), centroids[:2])['params']
   return TrainState(
       step=jnp.zeros((), jnp.int32),
