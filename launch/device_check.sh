@@ -13,8 +13,9 @@
 # run by time) and summary.md. The trace itself is left in the e2e workdir under /tmp.
 #
 # Nothing it runs imports TensorFlow, tfds or tensorboardX. A pure-Python package it needs and
-# the image lacks (ml-collections and its PyYAML) is installed from the wheels in .whl/, fetched on
-# a machine with a registry: pip download --no-deps -d .whl ml-collections PyYAML (see README).
+# the image lacks (ml-collections and its PyYAML; grain, the feed, with array-record and portpicker) is installed from the wheels in .whl/, fetched on
+# a machine with a registry (--python-version: the device's Python; see README):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections PyYAML grain array-record portpicker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 smoke=0
@@ -29,14 +30,15 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 
-# Missing pure-Python packages, from .whl/ (no registry is reached).
+# Packages the device image lacks, from the wheels in .whl/ (no registry is reached).
 wheels=()
-for pair in ml_collections:ml-collections yaml:PyYAML; do
+for pair in ml_collections:ml-collections yaml:PyYAML grain:grain array_record:array-record \
+            portpicker:portpicker; do
   module=${pair%%:*} dist=${pair#*:}
   if ! "$py" -c "import $module" 2>/dev/null; then
     if ! compgen -G ".whl/*" >/dev/null; then
       echo "error: $dist is not installed and .whl/ holds no wheels: on a machine with a registry" \
-           "run pip download --no-deps -d .whl ml-collections PyYAML, and carry .whl/" >&2
+           "run pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections PyYAML grain array-record portpicker, and carry .whl/" >&2
       exit 2
     fi
     "$py" -m pip install -q --no-index --no-deps --find-links .whl --target /tmp/device_check_site "$dist"
