@@ -182,7 +182,9 @@ def predict(args, rest) -> None:
     if not (args.input.startswith('tfds:') or os.path.exists(args.input)):
       raise UsageError(f'--input={args.input} does not exist: give a folder of images, a .npy/'
                        f'.npz file or tfds:NAME:SPLIT')
+    from ohc_jax.run import workdir_lock
     from ohc_jax.run.inference import load_trained
+    workdir_lock.note_if_unfinished(args.workdir)
     trained = load_trained(args.workdir, step=args.step, num_devices=args.num_devices,
                            eval_batch_size=args.batch_size)
     meta = trained.meta

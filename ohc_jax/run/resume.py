@@ -72,11 +72,14 @@ def _check_writable(workdir: str) -> None:
   if not os.path.isdir(existing):
     raise UsageError(f'--workdir={workdir}: {existing} is a file, not a directory: choose another '
                      f'--workdir')
-  try:
-    tempfile.TemporaryDirectory(dir=existing).cleanup()
-  except OSError as e:
-    raise UsageError(f'--workdir={workdir}: cannot write in {existing} ({e.strerror or e}): choose '
-                     f'a writable --workdir') from None
+  # The output folders a previous run left may be read-only on their own (a mount): each is tried.
+  for directory in [existing] + [os.path.join(workdir, name) for name in OUTPUTS
+                                 if os.path.isdir(os.path.join(workdir, name))]:
+    try:
+      tempfile.TemporaryDirectory(dir=directory).cleanup()
+    except OSError as e:
+      raise UsageError(f'--workdir={workdir}: cannot write in {directory} ({e.strerror or e}): '
+                       f'make it writable or choose another --workdir') from None
 
 
 def decide(config, workdir: str, overwrite: bool) -> bool:
