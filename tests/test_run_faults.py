@@ -314,11 +314,14 @@ def test_a_checkpoint_without_its_digest_is_checked_and_the_one_before_restored(
 
 def test_a_second_sigterm_changes_nothing_and_a_second_sigint_stops_at_once():
   with interrupts.StopOnSignal() as stop:
-    os.kill(os.getpid(), signal.SIGTERM)
-    os.kill(os.getpid(), signal.SIGTERM)
+    # raise_signal in this thread; sleep runs the Python handler (PEP 475) before it returns.
+    for _ in range(2):
+      signal.raise_signal(signal.SIGTERM)
+      time.sleep(0.05)
     assert stop.signum == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
+      signal.raise_signal(signal.SIGINT)
+      time.sleep(0.05)
 
 
 @pytest.mark.slow

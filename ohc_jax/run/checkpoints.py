@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from typing import Any, Optional
 
 from ohc_jax.errors import UsageError, WriteFailed, writing
@@ -228,6 +229,8 @@ class Checkpointer:
       raise
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises what its threads raised)
       self._failed, self._pending = True, None
+      # Orbax's coroutines left unawaited by the failure would each warn at exit.
+      warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
       raise _save_failure(e, os.path.join(self.directory, str(step))) from None
 
   def wait(self) -> None:

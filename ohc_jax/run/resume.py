@@ -60,12 +60,15 @@ def refuse_if_config_differs(saved: dict, config, workdir: str) -> None:
                      f'--workdir, or pass --overwrite to start afresh')
 
 
-def _check_writable(workdir: str) -> None:
-  """Raises UsageError unless workdir is, or can be made, a directory this process can write in.
+def check_writable(workdir: str) -> None:
+  """Raises UsageError unless workdir is named and is, or can be made, a directory this process
+  can write in, with its output folders (checked before the workdir is locked, and by decide).
 
   Tries it, by making a temporary directory in workdir or its nearest existing ancestor, and
   removes it: nothing is left behind.
   """
+  if not workdir:
+    raise UsageError('--workdir is empty: name a directory for the run')
   existing = os.path.abspath(workdir)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -89,9 +92,7 @@ def decide(config, workdir: str, overwrite: bool) -> bool:
   False to start afresh (no run there, a run without checkpoints, or overwrite). Raises UsageError
   for a finished run (results.json) without overwrite, or a config that differs.
   """
-  if not workdir:
-    raise UsageError('--workdir is empty: name a directory for the run')
-  _check_writable(workdir)
+  check_writable(workdir)
   if overwrite:
     return False
   if os.path.exists(os.path.join(workdir, 'results.json')):

@@ -72,6 +72,13 @@ def _raise_if_bad(state) -> None:
                          f'of step {bad}; lower --config.learning_rate or check the input data')
 
 
+def _sum_over_processes(count: int) -> int:
+  """A count summed over the processes (a collective)."""
+  if jax.process_count() == 1:
+    return count
+  return int(multihost_utils.process_allgather(np.int64(count)).sum())
+
+
 def _batches(feed, step: int):
   """The training batches from global step `step` on, epoch after epoch."""
   epoch, first = divmod(step, feed.steps_per_epoch)
@@ -116,6 +123,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   """
   clock = timing.Clock()
   configuration.validate(config)
+  resume.check_writable(workdir)
   with workdir_lock.WorkdirLock(workdir, workdir_lock.process_of(config)):
     run, state, pos = _start(config, workdir, overwrite, clock)
     exp, spe = run.exp, run.exp.steps_per_epoch
@@ -140,7 +148,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           run.ckpt.poll()
           if itstime(done, config.log_every_steps):
             _log(run, state, pos, done, step_metrics, clock)
-          signum = processes.meet(pos) if processes.meet_at(done, spe) else None
+          signum = processes.meet(pos, done)
           if itstime(done, config.eval_every_steps) and not itstime(done, spe):
             _evaluate(run, state, pos, loss_sum, done, clock, partial=True)
           if itstime(done, spe):
@@ -164,6 +172,7 @@ class _Processes:
 
   def __init__(self, stop, exp, config):
     self._stop, self._config, self._failure, self._unsynced = stop, config, None, 0
+    self._steps_per_epoch = exp.steps_per_epoch
     local = config.batch_size // jax.process_count()
     self._blank = {'image': np.zeros((local,) + tuple(exp.spec.shape), exp.spec.dtype),
                    'label': np.zeros(local, np.int64)}
@@ -181,17 +190,17 @@ class _Processes:
         self._failure = e
     return dict(self._blank)
 
-  def meet_at(self, done: int, steps_per_epoch: int) -> bool:
+  def meet(self, pos, done: int) -> Optional[int]:
+    """Where the processes meet after `done` steps: raises an input failure of any process, brings
+    pos.skipped_records up to date (before any checkpoint or evaluation record) and returns the
+    signal any process received; elsewhere None."""
     c = self._config
-    return (jax.process_count() == 1 or itstime(done, steps_per_epoch) or
+    if not (jax.process_count() == 1 or
             any(itstime(done, every) for every in (c.log_every_steps, c.checkpoint_every_steps,
-                                                   c.eval_every_steps)))
-
-  def meet(self, pos) -> Optional[int]:
-    """Raises an input failure of any process; brings pos.skipped_records up to date (before any
-    checkpoint or evaluation record); returns the signal any process received, or None."""
+                                                   c.eval_every_steps, self._steps_per_epoch))):
+      return None
     interrupts.agree_on_failure(self._failure)  # Before any checkpoint: none past a failure.
-    if self._config.skip_bad_records:
+    if c.skip_bad_records:
       pos.skipped_records += _sum_over_processes(self._unsynced)
       self._unsynced = 0
     return self._stop.agreed()
