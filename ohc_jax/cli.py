@@ -3,7 +3,10 @@ and one mapping of errors to a line on stderr and an exit code:
 
 - a flag error or a UsageError (bad input; the message names the fix): `error: ...`, exit 2;
 - a NonFiniteError (training diverged): `error: ...`, exit 1;
-- Interrupted (SIGTERM or SIGINT; a checkpoint was saved): its message, exit 143 or 130.
+- a WriteFailed (disk full, I/O error; the last complete checkpoint is intact): `error: ...`,
+  exit 1;
+- Interrupted (SIGTERM or SIGINT; a checkpoint was saved): its message, exit 143 or 130; a second
+  SIGINT (KeyboardInterrupt, no checkpoint): one line, exit 130.
 
 A tool is `tool(flag_values, args) -> exit code or None` (args: the arguments left after the flags)
 with a parser `parse(argv, flag_values) -> arguments left` that defines its flags on flag_values and
@@ -24,7 +27,7 @@ from typing import Callable, Optional, Sequence  # pylint: disable=wrong-import-
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
 
 from ohc_jax.errors import (Interrupted, NonFiniteError,  # pylint: disable=wrong-import-position
-                            UsageError)
+                            UsageError, WriteFailed)
 
 Tool = Callable[[flags.FlagValues, list], Optional[int]]
 Parser = Callable[[Sequence[str], flags.FlagValues], list]
@@ -54,12 +57,16 @@ def _exit_code(tool: Tool, flag_values: flags.FlagValues, args: list) -> int:
   except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except NonFiniteError as e:
+  except (NonFiniteError, WriteFailed) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   except Interrupted as e:  # SIGTERM: 143, SIGINT: 130; the checkpoint is saved.
     print(e, file=sys.stderr)
     return e.exit_code
+  except KeyboardInterrupt:
+    print('stopped at once by SIGINT: rerun the same command to resume from the last checkpoint',
+          file=sys.stderr)
+    return 130
 
 
 def run(tool: Tool, parse: Parser, argv: Sequence[str]) -> int:

@@ -1,6 +1,7 @@
 """The exceptions the command-line wrapper (cli.py) turns into one line and an exit code. They live
 here, free of JAX and TensorFlow, so that the wrapper can catch them without loading either."""
 
+import contextlib
 import signal
 
 
@@ -25,3 +26,33 @@ class Interrupted(Exception):
     self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them.
     super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved '
                      f'in {checkpoints}; rerun the same command to resume')
+
+
+class WriteFailed(Exception):
+  """Writing into the workdir failed (disk full, I/O error, read-only): the run stopped with its
+  last complete checkpoint intact. Exit code 1. `fix` is added by the loop, which knows the step a
+  rerun resumes from."""
+
+  def __init__(self, path: str, what: str, reason: str, errno: int = 0, fix: str = ''):
+    self.path, self.what, self.reason, self.errno, self.fix = path, what, reason, errno, fix
+    super().__init__(f'cannot write {what} ({path}): {reason}' + (f'; {fix}' if fix else ''))
+
+  def with_fix(self, workdir: str, resume_step) -> 'WriteFailed':
+    import errno as errno_lib
+    rerun = (f'then rerun: it resumes from step {resume_step}' if resume_step is not None else
+             'then rerun: it starts afresh')
+    what_to_do = {errno_lib.ENOSPC: f'free space under {workdir}',
+                  errno_lib.EDQUOT: f'free space under {workdir} (disk quota)',
+                  errno_lib.EROFS: f'make {workdir} writable',
+                  errno_lib.EACCES: f'make {workdir} writable'}.get(
+                      self.errno, f'check the disk under {workdir}')
+    return WriteFailed(self.path, self.what, self.reason, self.errno, f'{what_to_do}, {rerun}')
+
+
+@contextlib.contextmanager
+def writing(path: str, what: str):
+  """Turns an OSError of the block into WriteFailed naming `path` and `what` was being written."""
+  try:
+    yield
+  except OSError as e:
+    raise WriteFailed(path, what, e.strerror or str(e), e.errno or 0) from None

@@ -203,7 +203,9 @@ def predict(args, rest) -> None:
     except OSError as e:
       raise UsageError(f'cannot write --output={args.output} ({e.strerror or e}): name a .csv file '
                        f'in a folder you can write') from None
+    from ohc_jax.run import workdir_lock
     from ohc_jax.run.inference import load_trained
+    workdir_lock.note_if_unfinished(args.workdir)
     trained = load_trained(args.workdir, step=args.step, num_devices=args.num_devices,
                            eval_batch_size=args.batch_size)
     meta = trained.meta

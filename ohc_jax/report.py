@@ -18,11 +18,13 @@ from ohc_jax.errors import UsageError
 
 def make_report(workdir: str, *, out: str = None, step: int = None, data_dir: str = None) -> list:
   """Writes the plots of the run in workdir; returns their paths."""
+  from ohc_jax.run import workdir_lock
   from ohc_jax.run.inference import load_trained
   if not os.path.isdir(workdir):
     raise UsageError(f'{workdir} does not exist: name the workdir of a training run')
   out = out or os.path.join(workdir, 'plots')
   _check_writable_folder(out)
+  workdir_lock.note_if_unfinished(workdir)
   trained = load_trained(workdir, step=step)
   import jax
   import numpy as np

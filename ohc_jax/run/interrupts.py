@@ -12,7 +12,10 @@ from ohc_jax.errors import Interrupted, UsageError  # pylint: disable=unused-imp
 
 class StopOnSignal:
   """Within the block, SIGTERM and SIGINT ask the loop to stop: `requested` turns true and the
-  loop saves a checkpoint and raises Interrupted. A second signal stops at once (KeyboardInterrupt).
+  loop saves a checkpoint and raises Interrupted. A second SIGTERM changes nothing (schedulers and
+  process groups deliver it more than once, and the checkpoint is what it asks for); a second
+  SIGINT (Ctrl-C pressed again) stops at once, with no checkpoint past the last (cli: one line,
+  exit 130).
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -36,11 +39,13 @@ class StopOnSignal:
 
   def _handle(self, signum, frame):
     if self.signum is not None:
-      raise KeyboardInterrupt
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      return
     self.signum = signum
     # os.write, not print: the handler may interrupt a print to stderr (the progress bar's).
     os.write(2, f'\n{signal.Signals(signum).name}: saving a checkpoint after this step, then '
-                f'stopping (send it again to stop at once)\n'.encode())
+                f'stopping (press Ctrl-C to stop at once)\n'.encode())
 
   @property
   def requested(self) -> bool:

@@ -18,6 +18,8 @@ import math
 import os
 from typing import Optional
 
+from ohc_jax.errors import writing
+
 # Epoch-record fields that are scalars worth a TensorBoard curve.
 _EPOCH_SCALARS = ('train_loss', 'train_images_per_s', 'acc', 'nmi', 'ari', 'kl_star',
                   'num_nonempty', 'linear_probe_acc', 'knn_probe_acc')
@@ -51,6 +53,10 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
+    with writing(workdir, 'the logs'):
+      self._open(workdir, resume_step, history)
+
+  def _open(self, workdir: str, resume_step: Optional[int], history: Optional[list]) -> None:
     os.makedirs(workdir, exist_ok=True)
     self._metrics = os.path.join(workdir, 'metrics.jsonl')
     self._steps = os.path.join(workdir, 'steps.jsonl')
@@ -74,29 +80,37 @@ class MetricWriter:
   def write_step(self, step: int, scalars: dict) -> None:
     if not self._enabled:
       return
-    with open(self._steps, 'a') as f:
-      f.write(json.dumps({'step': step, **scalars}) + '\n')
+    with writing(self._steps, 'the step logs'):
+      with open(self._steps, 'a') as f:
+        f.write(json.dumps({'step': step, **scalars}) + '\n')
     if self._tb is not None:
-      for key, value in scalars.items():
-        if key != 'epoch' and isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(f'train/{key}', value, step)
+      with writing(self._tb.logdir, 'the TensorBoard logs'):
+        for key, value in scalars.items():
+          if key != 'epoch' and isinstance(value, (int, float)) and math.isfinite(value):
+            self._tb.add_scalar(f'train/{key}', value, step)
 
   def write_epoch(self, record: dict) -> None:
     if not self._enabled:
       return
-    with open(self._metrics, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    with writing(self._metrics, 'the evaluation logs'):
+      with open(self._metrics, 'a') as f:
+        f.write(json.dumps(record) + '\n')
     if self._tb is not None:
-      step = record['step']
-      for key in _EPOCH_SCALARS:
-        value = record.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(f'eval/{key}' if key not in ('train_loss', 'train_images_per_s')
-                              else f'epoch/{key}', value, step)
-      self._tb.add_scalar('epoch/epoch', record['epoch'], step)
-      self._tb.flush()
+      with writing(self._tb.logdir, 'the TensorBoard logs'):
+        self._tb_epoch(record)
+
+  def _tb_epoch(self, record: dict) -> None:
+    step = record['step']
+    for key in _EPOCH_SCALARS:
+      value = record.get(key)
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        self._tb.add_scalar(f'eval/{key}' if key not in ('train_loss', 'train_images_per_s')
+                            else f'epoch/{key}', value, step)
+    self._tb.add_scalar('epoch/epoch', record['epoch'], step)
+    self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+      tb, self._tb = self._tb, None
+      with writing(tb.logdir, 'the TensorBoard logs'):
+        tb.close()

@@ -60,23 +60,29 @@ def refuse_if_config_differs(saved: dict, config, workdir: str) -> None:
                      f'--workdir, or pass --overwrite to start afresh')
 
 
-def _check_writable(workdir: str) -> None:
-  """Raises UsageError unless workdir is, or can be made, a directory this process can write in.
+def check_writable(workdir: str) -> None:
+  """Raises UsageError unless workdir is named and is, or can be made, a directory this process
+  can write in, with its output folders (checked before the workdir is locked, and by decide).
 
   Tries it, by making a temporary directory in workdir or its nearest existing ancestor, and
   removes it: nothing is left behind.
   """
+  if not workdir:
+    raise UsageError('--workdir is empty: name a directory for the run')
   existing = os.path.abspath(workdir)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     raise UsageError(f'--workdir={workdir}: {existing} is a file, not a directory: choose another '
                      f'--workdir')
-  try:
-    tempfile.TemporaryDirectory(dir=existing).cleanup()
-  except OSError as e:
-    raise UsageError(f'--workdir={workdir}: cannot write in {existing} ({e.strerror or e}): choose '
-                     f'a writable --workdir') from None
+  # The output folders a previous run left may be read-only on their own (a mount): each is tried.
+  for directory in [existing] + [os.path.join(workdir, name) for name in OUTPUTS
+                                 if os.path.isdir(os.path.join(workdir, name))]:
+    try:
+      tempfile.TemporaryDirectory(dir=directory).cleanup()
+    except OSError as e:
+      raise UsageError(f'--workdir={workdir}: cannot write in {directory} ({e.strerror or e}): '
+                       f'make it writable or choose another --workdir') from None
 
 
 def decide(config, workdir: str, overwrite: bool) -> bool:
@@ -86,9 +92,7 @@ def decide(config, workdir: str, overwrite: bool) -> bool:
   False to start afresh (no run there, a run without checkpoints, or overwrite). Raises UsageError
   for a finished run (results.json) without overwrite, or a config that differs.
   """
-  if not workdir:
-    raise UsageError('--workdir is empty: name a directory for the run')
-  _check_writable(workdir)
+  check_writable(workdir)
   if overwrite:
     return False
   if os.path.exists(os.path.join(workdir, 'results.json')):

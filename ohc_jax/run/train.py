@@ -19,8 +19,9 @@ from tqdm import tqdm
 from ohc_jax import configuration, sharding
 from ohc_jax.core import metrics, probes
 from ohc_jax import data as data_lib
-from ohc_jax.run import checkpoints, experiment, interrupts, logging_utils, resume, timing
-from ohc_jax.errors import NonFiniteError, UsageError
+from ohc_jax.run import (checkpoints, experiment, interrupts, logging_utils, resume, timing,
+                         workdir_lock)
+from ohc_jax.errors import NonFiniteError, UsageError, WriteFailed, writing
 from ohc_jax.run.evaluation import eval_sample, evaluate  # NonFiniteError: train.NonFiniteError too.
 from ohc_jax.run.evaluation import collapse_warning
 
@@ -72,19 +73,6 @@ def _raise_if_bad(state) -> None:
                          f'of step {bad}; lower --config.learning_rate or check the input data')
 
 
-def _next_batch(batches, failure, blank: dict):
-  """(the next training batch, failure): several processes go on with a blank batch after their
-  input fails, until interrupts.agree_on_failure raises it everywhere."""
-  if failure is None:
-    try:
-      return next(batches), None
-    except UsageError as e:
-      if jax.process_count() == 1:
-        raise
-      failure = e
-  return dict(blank), failure
-
-
 def _sum_over_processes(count: int) -> int:
   """A count summed over the processes (a collective)."""
   if jax.process_count() == 1:
@@ -114,9 +102,15 @@ class _Run:
   profile: Any
   outputs: Any
 
-  def close(self) -> None:
-    for closing in (self.bar, self.profile, self.ckpt, self.writer, self.outputs):
-      closing.close()
+  def close(self, quiet: bool = False) -> None:
+    """Closes each part; `quiet` (the run is already stopping on an error): their own errors are
+    dropped, so that the first one is reported."""
+    for closing in (self.bar, self.profile, self.outputs, self.ckpt, self.writer):
+      try:
+        closing.close()
+      except Exception:  # pylint: disable=broad-except
+        if not quiet:
+          raise
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
@@ -125,95 +119,151 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
 
   Checkpoints every config.checkpoint_every_steps steps and at each epoch's end; a run left
   unfinished in workdir is resumed exactly (resume.py decides). SIGTERM or SIGINT saves a
-  checkpoint and raises interrupts.Interrupted.
+  checkpoint and raises interrupts.Interrupted. The workdir is locked for the run's life
+  (workdir_lock); a failed write into it raises WriteFailed naming the step a rerun resumes from.
   """
   clock = timing.Clock()
-  run, state, pos = _start(config, workdir, overwrite, clock)
-  exp, data, ckpt, spe = run.exp, run.data, run.ckpt, run.exp.steps_per_epoch
-  start, total = (pos.epoch - 1) * spe + pos.step_in_epoch, config.num_epochs * spe
-  batches, loss_sum = _batches(run.feed, start), jnp.float32(pos.loss_sum)
-  unsynced = 0  # This process's stand-ins since pos.skipped_records was last brought up to date.
-  failure = None  # This process's input failure, raised where the processes agree.
-  local = config.batch_size // jax.process_count()
-  blank = {'image': np.zeros((local,) + tuple(exp.spec.shape), exp.spec.dtype),
-           'label': np.zeros(local, np.int64)}
+  configuration.validate(config)
+  resume.check_writable(workdir)
+  with workdir_lock.WorkdirLock(workdir, workdir_lock.process_of(config)):
+    run, state, pos = _start(config, workdir, overwrite, clock)
+    exp, spe = run.exp, run.exp.steps_per_epoch
+    start, total = (pos.epoch - 1) * spe + pos.step_in_epoch, config.num_epochs * spe
+    batches, loss_sum = _batches(run.feed, start), jnp.float32(pos.loss_sum)
+    try:
+      with interrupts.StopOnSignal() as stop:
+        processes = _Processes(stop, exp, config)
+        clock.loop(True)
+        for step in range(start, total):
+          pos.epoch, pos.step_in_epoch = step // spe + 1, step % spe + 1
+          if pos.step_in_epoch == 1:
+            state, loss_sum = exp.new_epoch(state), jnp.float32(0.0)
+            run.bar.new_epoch(step)
+          run.profile.step(step)
+          with clock('compile') if step == start else _NO_TIMER:
+            state, step_metrics = exp.train_step(state, exp.to_global(processes.next(batches)))
+            if step == start:
+              jax.block_until_ready(state)
+          loss_sum, done = loss_sum + step_metrics['loss'], step + 1
+          run.bar.update(done)
+          run.ckpt.poll()
+          if itstime(done, config.log_every_steps):
+            _log(run, state, pos, done, step_metrics, clock)
+          signum = processes.meet(pos, done)
+          if itstime(done, config.eval_every_steps) and not itstime(done, spe):
+            _evaluate(run, state, pos, loss_sum, done, clock, partial=True)
+          if itstime(done, spe):
+            state = _evaluate(run, state, pos, loss_sum, done, clock)
+          elif signum or itstime(done, config.checkpoint_every_steps):
+            _checkpoint(run, state, pos, float(loss_sum), clock)
+          if signum and done < total:
+            raise interrupts.Interrupted(signum, done, checkpoints.checkpoint_dir(workdir))
+        clock.loop(False)
+    except BaseException as e:  # pylint: disable=broad-except  (each raised again by _close)
+      _close(run, e, clock)
+    _close(run, None, clock)
+    return _write_results(config, workdir, run.data, pos.history, clock)
+
+
+class _Processes:
+  """What the processes agree on where they meet (every step in a single process; in several, at
+  the steps where they log, checkpoint, evaluate or end an epoch): an input failure (raised on
+  every process), a signal, and the training records skipped. A process whose input fails goes on
+  with blank batches until they meet, so that none waits for it in a step's collectives."""
+
+  def __init__(self, stop, exp, config):
+    self._stop, self._config, self._failure, self._unsynced = stop, config, None, 0
+    self._steps_per_epoch = exp.steps_per_epoch
+    local = config.batch_size // jax.process_count()
+    self._blank = {'image': np.zeros((local,) + tuple(exp.spec.shape), exp.spec.dtype),
+                   'label': np.zeros(local, np.int64)}
+
+  def next(self, batches) -> dict:
+    """The next training batch of this process (blank after its input failed)."""
+    if self._failure is None:
+      try:
+        batch = next(batches)
+        self._unsynced += int(batch.pop('skipped', np.zeros(0, bool)).sum())
+        return batch
+      except UsageError as e:
+        if jax.process_count() == 1:
+          raise
+        self._failure = e
+    return dict(self._blank)
+
+  def meet(self, pos, done: int) -> Optional[int]:
+    """Where the processes meet after `done` steps: raises an input failure of any process, brings
+    pos.skipped_records up to date (before any checkpoint or evaluation record) and returns the
+    signal any process received; elsewhere None."""
+    c = self._config
+    if not (jax.process_count() == 1 or
+            any(itstime(done, every) for every in (c.log_every_steps, c.checkpoint_every_steps,
+                                                   c.eval_every_steps, self._steps_per_epoch))):
+      return None
+    interrupts.agree_on_failure(self._failure)  # Before any checkpoint: none past a failure.
+    if c.skip_bad_records:
+      pos.skipped_records += _sum_over_processes(self._unsynced)
+      self._unsynced = 0
+    return self._stop.agreed()
+
+
+def _log(run, state, pos, done: int, step_metrics, clock) -> None:
+  jax.block_until_ready(state)  # Steps dispatched ahead count as the steps' time.
+  with clock('log'):
+    _raise_if_bad(state)
+    run.writer.write_step(done, run.bar.scalars(pos.epoch, done, step_metrics))
+
+
+def _evaluate(run, state, pos, loss_sum, done: int, clock, partial: bool = False):
+  """An evaluation (partial: within an epoch) and its outputs; at an epoch's end also its
+  checkpoint. Returns the state (with the epoch-end updates)."""
+  jax.block_until_ready(state)
+  with clock('evaluate'):
+    new_state, record, out = _evaluate_epoch(run.exp, state, run.data, pos,
+                                             float(loss_sum) / pos.step_in_epoch,
+                                             run.bar.epoch_images_per_s(done), partial=partial)
+  if not partial:
+    state = new_state
+    _checkpoint(run, state, pos, 0.0, clock)
+  with clock('epoch outputs'):
+    run.writer.write_epoch(record)
+    run.outputs.submit(pos, state, record, out)
+  return state
+
+
+def _checkpoint(run, state, pos, loss_sum: float, clock) -> None:
+  jax.block_until_ready(state)
+  with clock('checkpoint'):
+    _raise_if_bad(state)  # Never save a state past a non-finite step.
+    pos.loss_sum = loss_sum
+    run.ckpt.save(state, pos.meta(run.exp, run.data))
+
+
+def _close(run, error: Optional[BaseException], clock) -> None:
+  """Closes the run (waiting for its last checkpoint) and raises `error`, if any; a NonFiniteError
+  or WriteFailed (also one of the last checkpoint) names the last complete checkpoint, which a rerun
+  resumes from."""
   try:
-    with interrupts.StopOnSignal() as stop:
-      clock.loop(True)
-      for step in range(start, total):
-        pos.epoch, pos.step_in_epoch = step // spe + 1, step % spe + 1
-        if pos.step_in_epoch == 1:
-          state, loss_sum = exp.new_epoch(state), jnp.float32(0.0)
-          run.bar.new_epoch(step)
-        run.profile.step(step)
-        with clock('compile') if step == start else _NO_TIMER:
-          batch, failure = _next_batch(batches, failure, blank)
-          unsynced += int(batch.pop('skipped', np.zeros(0, bool)).sum())
-          state, step_metrics = exp.train_step(state, exp.to_global(batch))
-          if step == start:
-            jax.block_until_ready(state)
-        loss_sum, done = loss_sum + step_metrics['loss'], step + 1
-        run.bar.update(done)
-        ckpt.poll()
-        if itstime(done, config.log_every_steps):
-          jax.block_until_ready(state)  # Steps dispatched ahead count as the steps' time.
-          with clock('log'):
-            _raise_if_bad(state)
-            run.writer.write_step(done, run.bar.scalars(pos.epoch, done, step_metrics))
-        agree = (jax.process_count() == 1 or itstime(done, spe) or
-                 itstime(done, config.log_every_steps) or
-                 itstime(done, config.checkpoint_every_steps) or
-                 itstime(done, config.eval_every_steps))
-        if agree:  # Before any checkpoint: none is saved past a failure.
-          interrupts.agree_on_failure(failure)
-        signum = stop.agreed() if agree else None
-        if config.skip_bad_records and agree:  # Before any checkpoint or evaluation record.
-          pos.skipped_records += _sum_over_processes(unsynced)
-          unsynced = 0
-        if itstime(done, config.eval_every_steps) and not itstime(done, spe):
-          jax.block_until_ready(state)
-          with clock('evaluate'):
-            _, record, out = _evaluate_epoch(exp, state, data, pos, float(loss_sum) /
-                                             pos.step_in_epoch, run.bar.epoch_images_per_s(done),
-                                             partial=True)
-          with clock('epoch outputs'):
-            run.writer.write_epoch(record)
-            run.outputs.submit(pos, state, record, out)
-        if itstime(done, spe):
-          jax.block_until_ready(state)
-          with clock('evaluate'):
-            state, record, out = _evaluate_epoch(exp, state, data, pos, float(loss_sum) / spe,
-                                                 run.bar.epoch_images_per_s(done))
-          with clock('checkpoint'):
-            pos.loss_sum = 0.0
-            ckpt.save(state, pos.meta(exp, data))
-          with clock('epoch outputs'):
-            run.writer.write_epoch(record)
-            run.outputs.submit(pos, state, record, out)
-        elif signum or itstime(done, config.checkpoint_every_steps):
-          jax.block_until_ready(state)
-          with clock('checkpoint'):
-            _raise_if_bad(state)  # Never save a state past a non-finite step.
-            pos.loss_sum = float(loss_sum)
-            ckpt.save(state, pos.meta(exp, data))
-        if signum and done < total:
-          raise interrupts.Interrupted(signum, done, checkpoints.checkpoint_dir(workdir))
-      clock.loop(False)
-  except NonFiniteError as e:
-    ckpt.wait()
-    raise NonFiniteError(f'{e}; the last good checkpoint is '
-                         f'{"step " + str(max(ckpt.steps())) if ckpt.steps() else "none"} in '
-                         f'{checkpoints.checkpoint_dir(workdir)}') from None
-  finally:
     with clock('finish'):
-      run.close()
-  return _write_results(config, workdir, data, pos.history, clock)
+      run.close(quiet=error is not None and not isinstance(error, interrupts.Interrupted))
+  except WriteFailed as e:
+    error = e
+  if error is None:
+    return
+  steps = checkpoints.committed_steps(run.workdir)
+  last = max(steps) if steps else None
+  if isinstance(error, WriteFailed):
+    raise error.with_fix(run.workdir, last) from None
+  if isinstance(error, NonFiniteError):
+    raise NonFiniteError(f'{error}; the last good checkpoint is '
+                         f'{"none" if last is None else "step " + str(last)} in '
+                         f'{checkpoints.checkpoint_dir(run.workdir)}') from None
+  raise error
 
 
 def _start(config, workdir: str, overwrite: bool, clock):
-  """Validates, decides between resuming and starting afresh, loads the data, builds the
+  """Decides between resuming and starting afresh, loads the data, builds the
   experiment and its state (restored when resuming): (_Run, state, Position)."""
-  configuration.validate(config)
   resuming = resume.decide(config, workdir, overwrite)
   sharding.maybe_initialize_distributed(config)
   lead = jax.process_index() == 0
@@ -284,12 +334,19 @@ def _write_results(config, workdir, data, history, clock) -> dict:
   if collapsed:
     results['warnings'] = [collapsed]
   if jax.process_index() == 0:  # Written last and atomically: its presence marks it finished.
-    print(clock.write(workdir), flush=True)
-    if collapsed:
-      print(f'warning: {collapsed}', file=sys.stderr, flush=True)
-    with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
-      json.dump(results, f, indent=2)
-    os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
+    try:
+      with writing(os.path.join(workdir, 'timing.json'), 'the timing summary'):
+        print(clock.write(workdir), flush=True)
+      if collapsed:
+        print(f'warning: {collapsed}', file=sys.stderr, flush=True)
+      path = os.path.join(workdir, 'results.json')
+      with writing(path, 'the results'):
+        with open(path + '.tmp', 'w') as f:
+          json.dump(results, f, indent=2)
+        os.replace(path + '.tmp', path)
+    except WriteFailed as e:
+      steps = checkpoints.committed_steps(workdir)
+      raise e.with_fix(workdir, max(steps) if steps else None) from None
   return results
 
 
@@ -427,9 +484,11 @@ def _write_cluster_map(workdir: str, pos, data) -> None:
          'cluster_to_class_name': [names[c] if 0 <= c < len(names) else None for c in mapping]
                                   if names else None,
          'class_names': names}
-  with open(os.path.join(workdir, 'cluster_map.json.tmp'), 'w') as f:
-    json.dump(out, f, indent=2)
-  os.replace(os.path.join(workdir, 'cluster_map.json.tmp'), os.path.join(workdir, 'cluster_map.json'))
+  path = os.path.join(workdir, 'cluster_map.json')
+  with writing(path, 'the cluster map'):
+    with open(path + '.tmp', 'w') as f:
+      json.dump(out, f, indent=2)
+    os.replace(path + '.tmp', path)
 
 
 def _make_plots(workdir: str, config, history, outputs, images, class_names, prior,
