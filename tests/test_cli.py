@@ -49,6 +49,8 @@ INVALID = {
     'prior_scope': ['none'],
     'ckm_pretrain_frac': ['-0.1', '1.5', 'nan', 'abc'],
     'encoder': ['vgg', 'conv1d'],
+    'compute_dtype': ['float16', 'bf16'],
+    'conv_impl': ['winograd'],
     'hidden_dim': ['0', '1000000000'],
     'latent_dim': ['0', '1000000000'],
     'num_clusters': ['1', '100000000'],
