@@ -131,7 +131,7 @@ def test_configure_xla_cpu_flag_is_accepted_and_keeps_convolutions_off_ynnpack()
   """In fresh processes: the flag acts at backend start, and an unknown flag would abort it."""
   code = (
       'import sys\n'
-      'from ohc_jax import conv\n'
+      'from ohc_jax.models import conv\n'
       'print(conv.configure_xla_cpu() if sys.argv[1] == "configure" else False)\n'
       'import jax, jax.numpy as jnp\n'
       'f = jax.jit(jax.grad(lambda k, x: jnp.sum(jax.lax.conv_general_dilated(\n'

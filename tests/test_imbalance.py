@@ -82,7 +82,7 @@ def test_imbalanced_run_uses_the_prior(digits_config, tmp_path):
   assert results['num_train'] == results['num_eval'] < 1000  # ~55% of the 1,797 digits kept.
   final = results['final']
   assert sum(final['hard_sizes']) == results['num_eval'] and np.isfinite(final['kl_star'])
-  kept = np.bincount(train.input_pipeline.load(digits_config).train.labels, minlength=10)
+  kept = np.bincount(train.data_lib.load(digits_config).train.labels, minlength=10)
   assert kept[0] > 2 * kept[9]  # Class 0 kept whole, class 9 with probability 0.1.
 
 
