@@ -156,6 +156,9 @@ def test_two_processes_lock_a_file_each_and_a_second_job_is_refused_on_both(tmp_
 def test_predict_and_report_say_when_the_run_is_unfinished(tmp_path, capsys):
   work = tmp_path / 'run'
   work.mkdir()
+  workdir_lock.note_if_unfinished(str(work))  # No run to read: the caller's own check says so.
+  assert capsys.readouterr().err == ''
+  (work / 'checkpoints').mkdir()
   with workdir_lock.WorkdirLock(str(work)):
     workdir_lock.note_if_unfinished(str(work))
     assert 'unfinished, still training (pid' in capsys.readouterr().err

@@ -127,8 +127,10 @@ def holder(workdir: str) -> Optional[str]:
 
 def note_if_unfinished(workdir: str) -> None:
   """predict and report: a line on stderr when the run they read has not finished (results.json
-  is written last), saying whether it still trains."""
-  if os.path.exists(os.path.join(workdir, 'results.json')):
+  is written last), saying whether it still trains. Silent where there is no run to read: the
+  caller's own check says so."""
+  if (os.path.exists(os.path.join(workdir, 'results.json'))
+      or not os.path.isdir(os.path.join(workdir, 'checkpoints'))):
     return
   import sys
   busy = holder(workdir)
