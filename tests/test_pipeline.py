@@ -9,6 +9,7 @@ import pytest
 import ohc_jax
 from ohc_jax.data import pipeline, sources
 from ohc_jax.errors import UsageError
+from batches import assert_same_batches
 
 
 def _split(n=103, seed=0):
@@ -30,15 +31,6 @@ class _Failing(sources.ArraySource):
     return super().read(rows)
 
 
-def _equal(got, want):
-  got, want = list(got), list(want)
-  assert len(got) == len(want)
-  for a, b in zip(got, want):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
-      assert a[key].dtype == b[key].dtype
-
 
 def test_one_pipeline_gives_the_same_batches_over_a_split_and_a_source():
   """Memory mode's Split and a streamed source read through the same Grain pipeline: the same
@@ -47,8 +39,9 @@ def test_one_pipeline_gives_the_same_batches_over_a_split_and_a_source():
   source = sources.ArraySource(split.images, split.labels)
   for threads in (0, 1, 3):
     for epoch, start in ((1, 0), (2, 5)):
-      _equal(pipeline.TrainFeed(source, 16, 7, threads=threads, prefetch=3).epoch(epoch, start),
-             pipeline.TrainFeed(split, 16, 7).epoch(epoch, start))
+      assert_same_batches(
+          pipeline.TrainFeed(source, 16, 7, threads=threads, prefetch=3).epoch(epoch, start),
+          pipeline.TrainFeed(split, 16, 7).epoch(epoch, start))
 
 
 def test_a_read_error_comes_out_of_the_feed_as_raised_at_its_batch():
@@ -90,7 +83,7 @@ def test_worker_processes_give_the_batches_of_threads():
   split = _split()
   source = sources.ArraySource(split.images, split.labels)
   batches = pipeline.TrainFeed(source, 16, 3, threads=1, prefetch=4, workers=1).epoch(1, 2)
-  _equal(batches, pipeline.TrainFeed(split, 16, 3).epoch(1, 2))
+  assert_same_batches(batches, pipeline.TrainFeed(split, 16, 3).epoch(1, 2))
 
 
 def test_the_package_uses_the_data_package_through_its_surface():

@@ -3,6 +3,7 @@ import pytest
 
 from ohc_jax.data import array_record, pipeline, sources
 from ohc_jax.errors import UsageError
+from batches import assert_same_batches
 
 
 def _images(n, seed=0, shape=(8, 8, 3)):
@@ -24,15 +25,6 @@ def image_set(tmp_path_factory):
   array_record.write_info(root, 'tiny', '1.0.0', {'train': [45, 25]}, features)
   return root, sources.Split(images, labels)
 
-
-def _equal_batches(got, want):
-  got, want = list(got), list(want)
-  assert len(got) == len(want)
-  for a, b in zip(got, want):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
-      assert a[key].dtype == b[key].dtype
 
 
 def test_image_source_decodes_what_was_written(image_set):
@@ -56,7 +48,7 @@ def test_stream_feed_gives_train_feeds_batches(image_set, process_count, threads
                                 process_count=process_count)
     assert stream.steps_per_epoch == memory.steps_per_epoch == 4
     for epoch, start in ((0, 0), (1, 0), (1, 3)):
-      _equal_batches(stream.epoch(epoch, start), memory.epoch(epoch, start))
+      assert_same_batches(stream.epoch(epoch, start), memory.epoch(epoch, start))
 
 
 class _Counting(sources.ArraySource):
@@ -76,7 +68,7 @@ def test_resume_reads_only_the_remaining_batches():
   whole = list(pipeline.TrainFeed(sources.ArraySource(images, labels), 100, seed=0).epoch(2))
   source = _Counting(images, labels)
   resumed = list(pipeline.TrainFeed(source, 100, seed=0).epoch(2, start_step=7))
-  _equal_batches(resumed, whole[7:])
+  assert_same_batches(resumed, whole[7:])
   assert sorted(source.rows) == sorted(pipeline.epoch_permutation(1000, 0, 2)[700:])
 
 
@@ -87,7 +79,8 @@ def test_processes_read_disjoint_rows_that_form_the_global_batch():
            for i, s in enumerate(counting)]
   whole = pipeline.TrainFeed(sources.ArraySource(images, labels), 100, seed=5).epoch(1)
   for parts in zip(whole, *(f.epoch(1) for f in feeds)):
-    _equal_batches([{k: np.concatenate([p[k] for p in parts[1:]]) for k in parts[0]}], [parts[0]])
+    rows_of_all = {k: np.concatenate([p[k] for p in parts[1:]]) for k in parts[0]}
+    assert_same_batches([rows_of_all], [parts[0]])
   rows = [set(s.rows) for s in counting]
   assert all(len(r) == 250 for r in rows) and len(set.union(*rows)) == 1000
 
@@ -114,7 +107,7 @@ def test_eval_batches_equal_memory_modes_labels_included(image_set, global_batch
     for (got, _), (want, _) in zip(stream, memory):
       label = got.pop('label')
       np.testing.assert_array_equal(label, want.pop('label'))  # Memory mode's labels too.
-      _equal_batches([got], [want])
+      assert_same_batches([got], [want])
       assert len(label) == local and not label[~want['valid']].any()  # Padding labels are 0.
       labels.append(label[want['valid']])
     want_rows = np.concatenate([np.arange(s + index * local, min(s + (index + 1) * local, 70))
@@ -166,7 +159,7 @@ def test_raw_records_read_as_the_png_records_do(tmp_path, shape):
     _write_set(str(tmp_path / encoding), images, labels, encoding)
   rows = np.array([19, 0, 7, 7, 3])
   png, raw = (sources.ImageSource(str(tmp_path / e), 'train').read(rows) for e in ('png', 'raw'))
-  _equal_batches([raw], [png])
+  assert_same_batches([raw], [png])
   np.testing.assert_array_equal(raw['image'], images[rows])
 
 
