@@ -55,7 +55,8 @@ _TABLE_DATA_DIR = flags.DEFINE_string('config_data_dir', None, 'data_dir for --t
 _TABLE_EPOCHS = flags.DEFINE_integer('table_epochs', 3, 'Epochs of that run; its tables are taken '
                                      'at initialisation, in epoch 1 and in the last epoch.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '../shared/data/tfds', '--suite=input: the tfds data '
-                                'dir holding cifar10 (memory mode).')
+                                'dir holding cifar10, loaded in memory and in stream mode as '
+                                'training loads it.')
 _STREAM_DIR = flags.DEFINE_string('stream_dir', '/tmp/tfds_ar/cifar10/3.0.2', '--suite=input: '
                                   'CIFAR-10 in ArrayRecord (launch/to_array_record.py).')
 _STREAM_RAW_DIR = flags.DEFINE_string('stream_raw_dir', '/tmp/tfds_ar/cifar10_raw/3.0.2',
@@ -334,20 +335,25 @@ def suite_scaling() -> dict:
 
 
 def _input_feed(mode: str, where: str, batch_size: int):
-  """(feed, InputSpec) of an input mode: 'memory' (tfds cifar10 in the data dir `where`, from the
-  tfds cache) or 'stream' (the 'train' split of the ArrayRecord data set in the folder `where`),
-  fed by data.train_feed, as training feeds them."""
+  """(feed, InputSpec) of an input: `where` a tfds data dir (its cifar10 loaded as training loads
+  it: 'memory' decoded once into the cache, 'stream' from the set's ArrayRecord copy in the
+  cache) or an ArrayRecord data set's NAME/VERSION folder (its 'train' split, streamed); fed by
+  data.train_feed, as training feeds them. 'stream_normal': 'stream' with the reading threads at
+  normal priority throughout (yield_cpu=False, as before 2026-12-05)."""
   from ohc_jax import configuration
   from ohc_jax import data as data_lib
   from ohc_jax.run import experiment
-  if mode == 'memory':
+  if os.path.isfile(os.path.join(where, 'dataset_info.json')):
+    source = data_lib.ImageSource(where, 'train')
+    spec = experiment.InputSpec(source.image_shape, 'uint8', 1 / 127.5, -1.0, len(source))
+  else:
     config = configuration.base_config()
-    config.update(dataset='cifar10', data_dir=where, protocol='holdout')
+    config.update(dataset='cifar10', data_dir=where, protocol='holdout',
+                  input_mode='memory' if mode == 'memory' else 'stream')
     data = data_lib.load(config)
-    return data_lib.train_feed(data.train, batch_size, seed=0), experiment.InputSpec.of(data)
-  source = data_lib.ImageSource(where, 'train')
-  return (data_lib.train_feed(source, batch_size, seed=0),
-          experiment.InputSpec(source.image_shape, 'uint8', 1 / 127.5, -1.0, len(source)))
+    source, spec = data.train, experiment.InputSpec.of(data)
+  return (data_lib.train_feed(source, batch_size, seed=0, yield_cpu=mode != 'stream_normal'),
+          spec)
 
 
 def input_case(mode: str, where: str, batch_size: int, steps: int, warmup: int) -> dict:
@@ -377,7 +383,7 @@ def input_case(mode: str, where: str, batch_size: int, steps: int, warmup: int) 
   result = {'images_per_s': steps * batch_size / (time.perf_counter() - start),
             'steps_per_epoch': feed.steps_per_epoch}
   batches.close()
-  if mode == 'stream':
+  if mode != 'memory':
     for fraction in (0.1, 0.9):
       start = time.perf_counter()
       resumed = feed.epoch(2, int(fraction * feed.steps_per_epoch))
@@ -405,17 +411,19 @@ def _input_in_child(mode: str, where: str) -> dict:
 
 def suite_input() -> dict:
   cases = {'cifar10_memory': ('memory', _DATA_DIR.value),
-           'cifar10_stream': ('stream', _STREAM_DIR.value)}
-  if _STREAM_RAW_DIR.value:
-    cases['cifar10_stream_raw'] = ('stream', _STREAM_RAW_DIR.value)
-  if _SYNTHETIC_DIR.value:
-    cases['synthetic_1.2M_stream'] = ('stream', _SYNTHETIC_DIR.value)
+           'cifar10_stream': ('stream', _DATA_DIR.value),
+           'cifar10_stream_normal_priority': ('stream_normal', _DATA_DIR.value)}
+  for name, where in (('cifar10_stream_png_records', _STREAM_DIR.value),
+                      ('cifar10_stream_raw_records', _STREAM_RAW_DIR.value),
+                      ('synthetic_1.2M_stream', _SYNTHETIC_DIR.value)):
+    if where:
+      cases[name] = ('stream', where)
   for mode, where in cases.values():
     if not os.path.isdir(where):
       raise UsageError(f'--suite=input: no folder {where}: give --data_dir (tfds), --stream_dir '
-                       f'(launch/to_array_record.py), --stream_raw_dir (its --encoding=raw; '
-                       f'empty: left out) or --synthetic_dir (launch/make_synthetic_images.py; '
-                       f'empty: left out)')
+                       f'(launch/to_array_record.py), --stream_raw_dir (its --encoding=raw) or '
+                       f'--synthetic_dir (launch/make_synthetic_images.py); the last three '
+                       f'empty: left out')
   print(f'train step (simp encoder, K=10, batch {_BATCH.value}) fed by each input, '
         f'{_STEPS.value} steps after {_WARMUP.value}; {_REPEATS.value} rounds over the inputs, '
         f'each figure the median of its rounds (peak MB: the largest):')
@@ -423,7 +431,7 @@ def suite_input() -> dict:
   for _ in range(_REPEATS.value):  # Interleaved: a busy spell on a shared machine hits them all.
     for name, (mode, where) in cases.items():
       runs[name].append(_input_in_child(mode, where))
-  print(f'{"input":>22} {"images/s":>9} {"peak MB":>8} {"resume@10% s":>13} {"resume@90% s":>13}')
+  print(f'{"input":>30} {"images/s":>9} {"peak MB":>8} {"resume@10% s":>13} {"resume@90% s":>13}')
   rows = {}
   for name, (mode, where) in cases.items():
     row = rows[name] = {key: (max if key == 'peak_rss_mb' else statistics.median)(
@@ -431,17 +439,15 @@ def suite_input() -> dict:
     row.update(mode=mode, data=where, images_per_s_runs=[r['images_per_s'] for r in runs[name]])
     resume = [f'{row[k]:13.2f}' if k in row else f'{"-":>13}'
               for k in ('first_batch_at_10%_s', 'first_batch_at_90%_s')]
-    print(f'{name:>22} {row["images_per_s"]:9.0f} {row["peak_rss_mb"]:8.0f} {" ".join(resume)}',
+    print(f'{name:>30} {row["images_per_s"]:9.0f} {row["peak_rss_mb"]:8.0f} {" ".join(resume)}',
           flush=True)
   memory, stream = rows['cifar10_memory'], rows['cifar10_stream']
-  ratios = {'stream_over_memory_images_per_s': stream['images_per_s'] / memory['images_per_s']}
-  print(f'stream / memory images/s: {ratios["stream_over_memory_images_per_s"]:.1%} '
-        f'(target >= 90%)')
-  if 'cifar10_stream_raw' in rows:
-    ratios['stream_raw_over_memory_images_per_s'] = (rows['cifar10_stream_raw']['images_per_s'] /
-                                                     memory['images_per_s'])
-    print(f'stream (raw images) / memory images/s: '
-          f'{ratios["stream_raw_over_memory_images_per_s"]:.1%} (target >= 90%)')
+  ratios = {}
+  for name in rows:
+    if name.startswith('cifar10_stream'):
+      ratio = ratios[f'{name}_over_memory_images_per_s'] = (rows[name]['images_per_s'] /
+                                                            memory['images_per_s'])
+      print(f'{name} / memory images/s: {ratio:.1%} (target >= 90%)')
   if 'synthetic_1.2M_stream' in rows:
     ratios['synthetic_over_cifar10_stream_peak_rss'] = (
         rows['synthetic_1.2M_stream']['peak_rss_mb'] / stream['peak_rss_mb'])

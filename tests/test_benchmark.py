@@ -99,21 +99,22 @@ def test_input_suite_on_tiny_sets(tmp_path, monkeypatch):
                          f'--data_dir={tmp_path / "tfds"}', f'--stream_dir={stream}',
                          f'--stream_raw_dir={raw}', f'--synthetic_dir={synthetic}')
   rows, ratios = figures['rows'], figures['ratios']
-  assert list(rows) == ['cifar10_memory', 'cifar10_stream', 'cifar10_stream_raw',
+  assert list(rows) == ['cifar10_memory', 'cifar10_stream', 'cifar10_stream_normal_priority',
+                        'cifar10_stream_png_records', 'cifar10_stream_raw_records',
                         'synthetic_1.2M_stream']
-  assert [rows[r]['steps_per_epoch'] for r in rows] == [5, 5, 5, 10]
+  assert [rows[r]['steps_per_epoch'] for r in rows] == [5, 5, 5, 5, 5, 10]
   assert all(len(row['images_per_s_runs']) == 2 for row in rows.values())
   assert rows['cifar10_stream']['images_per_s'] == pytest.approx(
       np.median(rows['cifar10_stream']['images_per_s_runs']))
-  assert ratios['stream_raw_over_memory_images_per_s'] == pytest.approx(
-      rows['cifar10_stream_raw']['images_per_s'] / rows['cifar10_memory']['images_per_s'])
+  assert ratios['cifar10_stream_raw_records_over_memory_images_per_s'] == pytest.approx(
+      rows['cifar10_stream_raw_records']['images_per_s'] / rows['cifar10_memory']['images_per_s'])
   assert 'first_batch_at_90%_s' in rows['synthetic_1.2M_stream']
   assert 'first_batch_at_10%_s' not in rows['cifar10_memory']
-  assert ratios['stream_over_memory_images_per_s'] == pytest.approx(
+  assert ratios['cifar10_stream_over_memory_images_per_s'] == pytest.approx(
       rows['cifar10_stream']['images_per_s'] / rows['cifar10_memory']['images_per_s'])
   assert ratios['synthetic_over_cifar10_stream_peak_rss'] == pytest.approx(
       rows['synthetic_1.2M_stream']['peak_rss_mb'] / rows['cifar10_stream']['peak_rss_mb'])
-  assert 'stream / memory images/s' in stdout
+  assert 'cifar10_stream / memory images/s' in stdout
 
 
 def test_input_suite_names_a_missing_folder(tmp_path):

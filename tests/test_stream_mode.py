@@ -219,7 +219,7 @@ import threading
 
 from ohc_jax import cli  # First, as in ohc_jax.main: quiets TensorFlow and XLA.
 from ohc_jax import main
-from ohc_jax.data import sources
+from ohc_jax.data import pipeline, sources
 
 log, lock = open(sys.argv.pop(1), 'a'), threading.Lock()
 init, read = sources.ImageSource.__init__, sources.ImageSource.read
@@ -238,6 +238,9 @@ def logged_read(self, rows):
 
 
 sources.ImageSource.__init__, sources.ImageSource.read = logged_init, logged_read
+# Each batch read once: the feeds stay on idle CPU time however long they wait for it (turning to
+# normal priority, pipeline._prefetched reads anew the batches it had read ahead).
+pipeline.STARVED_S = float('inf')
 cli.main(main.train, main.parse_flags)
 """
 
@@ -316,6 +319,7 @@ def test_two_processes_stream_their_own_rows_and_match_one_process(data_dir, tmp
 
     monkeypatch.setattr(sources.ImageSource, '__init__', logged_init)
     monkeypatch.setattr(sources.ImageSource, 'read', logged_read)
+    monkeypatch.setattr(pipeline, 'STARVED_S', float('inf'))  # As in _LOGGING_MAIN.
     train.train_and_evaluate(_config(data_dir, num_devices=4, **overrides),
                              str(tmp_path / 'single'))
     for (name, i), proc in procs.items():

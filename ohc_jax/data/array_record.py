@@ -10,6 +10,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
+# Group size 1: each record read alone, as random access wants. Uncompressed: the images are PNG
+# or JPEG already, or raw; ArrayRecord's default zstd saved nothing on CIFAR-10's PNG records (139
+# against 140 MB) and 5% on raw ones, and cost 4.8 against 3.3 ms of CPU per batch of 256 read
+# (2026-12-05, one process, the reading threads' CPU time included).
+WRITER_OPTIONS = 'group_size:1,uncompressed'
 
 
 def shard_path(dataset_dir: str, name: str, split: str, index: int, count: int) -> str:
@@ -20,10 +25,10 @@ def shard_path(dataset_dir: str, name: str, split: str, index: int, count: int) 
 
 
 def write_records(path: str, records: Iterable[bytes]) -> None:
-  """One ArrayRecord shard, group size 1 (each record read alone, as random access wants)."""
+  """One ArrayRecord shard, written with WRITER_OPTIONS."""
   from array_record.python import array_record_module
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  writer = array_record_module.ArrayRecordWriter(path, 'group_size:1')
+  writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
   for record in records:
     writer.write(record)
   writer.close()

@@ -15,7 +15,7 @@ import shutil
 import sys
 from typing import Callable, Optional
 
-from ohc_jax.data import cache
+from ohc_jax.data import array_record, cache
 from ohc_jax.errors import UsageError
 
 _MODULE = 'ohc_jax.data.prepare'
@@ -59,8 +59,8 @@ def array_record_copy(directory: str) -> str:
 def convert(src: str, out: str, change: Callable[[bytes], bytes] = lambda r: r,
             progress: bool = False) -> None:
   """Writes the ArrayRecord copy of the TFRecord set `src` (NAME/VERSION) to `out`: every shard's
-  records, through `change`, into a shard of the same name (group size 1: each record read alone,
-  as random access wants); dataset_info.json then says array_record. A shard that does not read is
+  records, through `change`, into a shard of the same name (array_record.WRITER_OPTIONS);
+  dataset_info.json then says array_record. A shard that does not read is
   one UsageError naming it."""
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
@@ -81,7 +81,8 @@ def convert(src: str, out: str, change: Callable[[bytes], bytes] = lambda r: r,
                                FileNotFoundError(f'{os.path.join(src, missing)} not found'))
     for index, path in enumerate(paths):
       target = os.path.join(out, os.path.basename(path).replace('.tfrecord-', '.array_record-'))
-      writer, count = array_record_module.ArrayRecordWriter(target, 'group_size:1'), 0
+      writer, count = array_record_module.ArrayRecordWriter(target,
+                                                             array_record.WRITER_OPTIONS), 0
       try:
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
           writer.write(change(record))
