@@ -246,7 +246,7 @@ def our_assign_fn(dtype: str):
 
 
 def part_assign(reference) -> dict:
-  """Both routines on the same tables, in float64 and in float32 (the precision of training)."""
+  """Both routines on the same tables, in float64 (the reference's costs) and in float32 (ours)."""
   results = {}
   for dtype in ('float64', 'float32'):
     tables = [t.astype(dtype) for t in cost_tables(_TABLES.value, 256, 10, _SEED.value)]

@@ -6,8 +6,8 @@ trained with the rest: C = sum_d p_kd (z_d - mu_kd)^2 - sum_d log(sigma p_kd), t
 log-likelihood up to a factor and a constant, so that precisions cannot shrink to zero for free; equal
 to the fixed cost at initialisation); 'estimated' (params['precision'], (K, nz, nz), never trained:
 re-estimated after each epoch by `estimate_precisions`; C = (z - mu_k)^T P_k (z - mu_k), without a
-log-determinant term, as the reference's `--estimate_covars`). Both against the reference's
-options: docs/fidelity.md.
+log-determinant term of the estimates, as the reference's `--estimate_covars`, whose term stays the
+constant of sigma I). Both against the reference's options: docs/fidelity.md.
 
 The products here run at `HIGHEST` precision: float32 on every backend, where an NVIDIA GPU's default
 for float32 matmuls may be TF32 (10-bit mantissa) and a TPU's bfloat16 passes. The table feeds an

@@ -101,7 +101,7 @@ class _BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
   """ResNet-18 (torchvision's layout: stages of 64, 128, 256, 512 channels, two basic blocks each),
-  average-pooled into a dense layer to latent_dim. Inputs of 96 px and more get the ImageNet stem
+  average-pooled into a dense layer to latent_dim. Inputs of 64 px and more get the ImageNet stem
   (7x7 stride-2 conv, 3x3 stride-2 max-pool, as the reference's torchvision model, which has it at
   every size: docs/fidelity.md); smaller ones, 32-px CIFAR images, the usual CIFAR stem (3x3
   stride-1 conv, no pool), which keeps their resolution."""
