@@ -19,7 +19,7 @@ import pytest
 
 from ohc_jax import configuration
 from ohc_jax.configuration import CONFIG_DIR
-from ohc_jax.errors import UsageError, WriteFailed
+from ohc_jax.errors import UsageError, WriteFailed, resumes_from
 from ohc_jax.run import checkpoints, interrupts, logging_utils, resume, train, workdir_lock
 from disk_faults import flip_bytes, mounted
 
@@ -164,10 +164,11 @@ def test_a_failed_write_names_the_path_what_and_the_fix():
     from ohc_jax.errors import writing
     with writing('/w/metrics.jsonl', 'the evaluation logs'):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-  message = str(e.value.with_fix('/w', 14))
+  message = str(e.value.with_fix('/w', resumes_from(14)))
   assert message == ('cannot write the evaluation logs (/w/metrics.jsonl): No space left on '
                      'device; free space under /w, then rerun: it resumes from step 14')
-  eio = WriteFailed('/w/x', 'a checkpoint', 'Input/output error', errno.EIO).with_fix('/w', None)
+  eio = WriteFailed('/w/x', 'a checkpoint', 'Input/output error', errno.EIO).with_fix(
+      '/w', resumes_from(None))
   assert str(eio).endswith('check the disk under /w, then rerun: it starts afresh')
 
 
