@@ -1,6 +1,6 @@
 """tfds splits decoded once in a child process and memory-mapped from the cache afterwards: the
 same arrays as decoding in-process, TensorFlow never in the reading process, a re-prepared data set
-decoded again, one-line errors."""
+decoded again, one-line errors, a killed writer's temporary folder removed by the next run."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from ohc_jax.data import tfds_cache
+from ohc_jax.data import cache, tfds_cache
 from ohc_jax.errors import UsageError
 from tiny_tfds import prepare
 
@@ -100,3 +100,31 @@ def test_missing_split_names_the_splits_there_are(tmp_path, monkeypatch):
   with pytest.raises(UsageError, match=r"^tfds tiny_images has no split 'validation' \(it has "
                                        r"(train, test|test, train)\): set --config.train_split="):
     tfds_cache.load('tiny_images', ['train', 'validation'], str(tmp_path), 'fix', 'label')
+
+
+def test_a_killed_writers_temporary_folder_is_removed_and_a_live_writers_kept(tmp_path,
+                                                                               monkeypatch):
+  """The temporary folder of a child killed mid-decode (its PID dead) is removed by the next run,
+  which decodes the entry anew; a live writer's (this process) and another host's are left."""
+  monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
+  prepare(tmp_path / 'data', train=40, test=24)
+  monkeypatch.delitem(sys.modules, 'tensorflow_datasets', raising=False)  # Through the child.
+  x, y, _ = tfds_cache.load('tiny_images', ['train'], str(tmp_path / 'data'), 'fix', 'label')
+  x = np.array(x)
+  entry, = (tmp_path / 'cache' / 'tfds').iterdir()
+  shutil.rmtree(entry)
+  killed = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  killed.kill()
+  killed.wait()
+  dead, live = (cache._temporary(str(entry), pid) for pid in (killed.pid, os.getpid()))
+  elsewhere = f'{entry}.tmp{killed.pid}@another-host'
+  for folder in (dead, live, elsewhere):
+    os.makedirs(folder)
+    with open(os.path.join(folder, 'images.npy'), 'wb') as f:
+      f.write(b'half written')
+  again, y_again, _ = tfds_cache.load('tiny_images', ['train'], str(tmp_path / 'data'), 'fix',
+                                      'label')
+  np.testing.assert_array_equal(again, x)
+  np.testing.assert_array_equal(y_again, y)
+  assert sorted(os.listdir(entry.parent)) == sorted(
+      os.path.basename(p) for p in (entry, live, elsewhere))
