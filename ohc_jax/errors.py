@@ -3,6 +3,7 @@ here, free of JAX and TensorFlow, so that the wrapper can catch them without loa
 
 import contextlib
 import signal
+from typing import Optional
 
 
 def first_line(e: Exception) -> str:
@@ -29,24 +30,30 @@ class Interrupted(Exception):
 
 
 class WriteFailed(Exception):
-  """Writing into the workdir failed (disk full, I/O error, read-only): the run stopped with its
-  last complete checkpoint intact. Exit code 1. `fix` is added by the loop, which knows the step a
-  rerun resumes from."""
+  """A write failed (disk full, I/O error, read-only): a training run stopped with its last complete
+  checkpoint intact, predict with no CSV written. Exit code 1. `fix` is added by the caller
+  (with_fix), which knows what a rerun does: training's loop knows the step it resumes from."""
 
   def __init__(self, path: str, what: str, reason: str, errno: int = 0, fix: str = ''):
     self.path, self.what, self.reason, self.errno, self.fix = path, what, reason, errno, fix
     super().__init__(f'cannot write {what} ({path}): {reason}' + (f'; {fix}' if fix else ''))
 
-  def with_fix(self, workdir: str, resume_step) -> 'WriteFailed':
+  def with_fix(self, folder: str, rerun: str) -> 'WriteFailed':
+    """This failure with its fix: what to do about `folder` (by the error code), then `rerun`
+    (what rerunning the command does)."""
     import errno as errno_lib
-    rerun = (f'then rerun: it resumes from step {resume_step}' if resume_step is not None else
-             'then rerun: it starts afresh')
-    what_to_do = {errno_lib.ENOSPC: f'free space under {workdir}',
-                  errno_lib.EDQUOT: f'free space under {workdir} (disk quota)',
-                  errno_lib.EROFS: f'make {workdir} writable',
-                  errno_lib.EACCES: f'make {workdir} writable'}.get(
-                      self.errno, f'check the disk under {workdir}')
+    what_to_do = {errno_lib.ENOSPC: f'free space under {folder}',
+                  errno_lib.EDQUOT: f'free space under {folder} (disk quota)',
+                  errno_lib.EROFS: f'make {folder} writable',
+                  errno_lib.EACCES: f'make {folder} writable'}.get(
+                      self.errno, f'check the disk under {folder}')
     return WriteFailed(self.path, self.what, self.reason, self.errno, f'{what_to_do}, {rerun}')
+
+
+def resumes_from(step: Optional[int]) -> str:
+  """WriteFailed.with_fix's `rerun` of a training run whose last complete checkpoint is `step`."""
+  return (f'then rerun: it resumes from step {step}' if step is not None else
+          'then rerun: it starts afresh')
 
 
 @contextlib.contextmanager

@@ -18,9 +18,10 @@ Inputs hold pixel values as the training data set stores them (uint8 for the tfd
 scikit-learn's digits) and must have the training input's height, width and channels.
 
 The output CSV has the columns `id,cluster,cost` and, when the run evaluated on labelled data,
-`class`: the class its Hungarian matching gave the cluster. It is written to a temporary file and
-renamed at the end, so a failed run leaves no partial output. Batches are sharded over every local
-device. Bad input: one line naming the problem, exit code 2.
+`class`: the class its Hungarian matching gave the cluster. It is written to a temporary file
+beside it and renamed at the end, so a failed run leaves no partial output and an earlier CSV there
+as it was. Batches are sharded over every local device. Bad input: one line naming the problem,
+exit code 2; a failed write (a full disk): one line naming the fix, exit code 1.
 """
 
 import csv
@@ -35,7 +36,7 @@ import numpy as np
 from absl import flags, logging
 
 from ohc_jax.data import readers
-from ohc_jax.errors import UsageError
+from ohc_jax.errors import UsageError, WriteFailed, writing
 
 
 def _shape_str(shape) -> str:
@@ -217,15 +218,22 @@ def predict(args, rest) -> None:
     data_dir = args.data_dir or meta['config'].get('data_dir')
     chunks = input_chunks(args.input, expected, trained.config.eval_batch_size, data_dir,
                           trained.config.image_key, trained.config.image_size)
+
+    def write(mode, rows):  # Only the writes: an OSError of the inputs' reads is not the CSV's.
+      with writing(args.output, 'the labels'), open(tmp, mode, newline='') as f:
+        csv.writer(f).writerows(rows)
+
     count = 0
-    with open(tmp, 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['id', 'cluster', 'cost'] + (['class'] if names is not None else []))
+    try:
+      write('w', [['id', 'cluster', 'cost'] + (['class'] if names is not None else [])])
       for ids, cluster, cost in predict_chunks(trained, chunks):
-        for i, k, c in zip(ids, cluster.tolist(), cost.tolist()):
-          writer.writerow([i, k, f'{c:.7g}'] + ([names[k]] if names is not None else []))
+        write('a', [[i, k, f'{c:.7g}'] + ([names[k]] if names is not None else [])
+                    for i, k, c in zip(ids, cluster.tolist(), cost.tolist())])
         count += len(ids)
-    os.replace(tmp, args.output)
+      with writing(args.output, 'the labels'):
+        os.replace(tmp, args.output)
+    except WriteFailed as e:  # A full disk: one line, exit 1; an earlier CSV there is untouched.
+      raise e.with_fix(out_dir, 'then rerun') from None
     tmp = None
     print(f'labelled {count} inputs with the model of step {trained.step}: {args.output}')
   finally:

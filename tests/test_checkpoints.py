@@ -20,6 +20,7 @@ from ohc_jax.run import resume
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.errors import UsageError
 from ohc_jax.run.inference import load_trained
+from disk_faults import flip_bytes, truncate
 
 pytestmark = pytest.mark.slow  # Every test trains a model (most share a module fixture that does).
 
@@ -109,27 +110,6 @@ def _unfinished_copy(finished, tmp_path):
   return work
 
 
-def _largest_file(step_dir):
-  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs
-           if f != checkpoints.DIGEST]
-  return max(files, key=os.path.getsize)
-
-
-def _truncate(step_dir):
-  path = _largest_file(step_dir)
-  with open(path, 'r+b') as f:
-    f.truncate(os.path.getsize(path) // 2)
-
-
-def _flip_bytes(step_dir):
-  path = _largest_file(step_dir)
-  with open(path, 'r+b') as f:
-    f.seek(os.path.getsize(path) // 2)
-    chunk = f.read(16)
-    f.seek(os.path.getsize(path) // 2)
-    f.write(bytes(b ^ 0xFF for b in chunk))
-
-
 def _listing(directory):
   return {os.path.relpath(os.path.join(r, f), directory): os.path.getsize(os.path.join(r, f))
           for r, _, fs in os.walk(directory) for f in fs}
@@ -145,8 +125,8 @@ def test_checkpoints_kept_and_saved_with_digest(finished):
 
 def test_corrupted_latest_checkpoints_fall_back_with_a_warning(finished, tmp_path, capsys):
   work = _unfinished_copy(finished, tmp_path)
-  _truncate(work / 'checkpoints' / '28')
-  _flip_bytes(work / 'checkpoints' / '24')
+  truncate(work / 'checkpoints' / '28')
+  flip_bytes(work / 'checkpoints' / '24')
   capsys.readouterr()
   results = train.train_and_evaluate(_digits(**_CONFIG), str(work))
   out, err = capsys.readouterr()
@@ -162,7 +142,7 @@ def test_corrupted_latest_checkpoints_fall_back_with_a_warning(finished, tmp_pat
 def test_no_usable_checkpoint_stops_clearly_and_deletes_nothing(finished, tmp_path):
   work = _unfinished_copy(finished, tmp_path)
   for s in (20, 24, 28):
-    _truncate(work / 'checkpoints' / str(s))
+    truncate(work / 'checkpoints' / str(s))
   before = _listing(work / 'checkpoints')
   with pytest.raises(checkpoints.CheckpointError, match='no usable checkpoint') as e:
     train.train_and_evaluate(_digits(**_CONFIG), str(work))

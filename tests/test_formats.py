@@ -15,24 +15,11 @@ import numpy as np
 import pytest
 
 from ohc_jax.configuration import CONFIG_DIR
+from tiny_tfds import prepare
 
 pytestmark = pytest.mark.slow  # Starts processes that train or import TensorFlow.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-_PREPARE = '''
-import sys, numpy as np, tensorflow as tf, tensorflow_datasets as tfds
-rng = np.random.default_rng(0)
-def split(n):
-  labels = rng.integers(0, 3, n)
-  images = np.clip(labels[:, None, None, None] * 80 + rng.integers(0, 60, (n, 8, 8, 3)), 0, 255)
-  return tf.data.Dataset.from_tensor_slices({'image': images.astype(np.uint8), 'label': labels})
-tfds.dataset_builders.TfDataBuilder(
-    name='tiny_images', version='1.0.0', split_datasets={'train': split(96), 'test': split(32)},
-    features=tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
-                                         'label': tfds.features.ClassLabel(names=['a', 'b', 'c'])}),
-    data_dir=sys.argv[1]).download_and_prepare()
-'''
 
 # Loads a data set as training does, reads a training and an evaluation batch, and says which
 # TensorFlow modules the process holds.
@@ -76,7 +63,7 @@ def data_dirs(tmp_path_factory):
   """(TFRecord data dir, ArrayRecord data dir) of tiny_images 1.0.0: train 96, test 32, 8x8 RGB,
   3 classes; the ArrayRecord copy written by launch/to_array_record.py."""
   root = tmp_path_factory.mktemp('formats')
-  _python('-c', _PREPARE, root / 'tfrecord', env=_env(root / 'unused'))
+  prepare(root / 'tfrecord', train=96, test=32)
   _python(os.path.join(REPO, 'launch', 'to_array_record.py'),
           root / 'tfrecord' / 'tiny_images' / '1.0.0', root / 'ar' / 'tiny_images' / '1.0.0',
           env=_env(root / 'unused'))

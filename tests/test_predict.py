@@ -1,5 +1,6 @@
 """`python -m ohc_jax.predict`: the labels of the evaluation pass, from images, .npz and .npy; bad
-input gives one line, exit code 2 and no output file."""
+input gives one line, exit code 2 and no output file; a full disk one line, exit code 1, and leaves
+an earlier CSV as it was."""
 
 import csv
 import json
@@ -16,6 +17,7 @@ from ohc_jax.data import input_pipeline, sources
 from ohc_jax.run import evaluation, train
 from ohc_jax.configuration import CONFIG_DIR
 from ohc_jax.run.inference import load_trained
+from disk_faults import mounted
 
 pytestmark = pytest.mark.slow  # Every test uses a module fixture that trains a model.
 
@@ -154,6 +156,22 @@ def test_bad_input_on_the_command_line_exits_2_with_one_line(run, tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
   assert '(8, 8, 1)' in proc.stderr
   assert sorted(os.listdir(tmp_path)) == ['wrong.npy']
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_earlier_csv_as_it_was(run, tmp_path, capsys):
+  """A 64 KB tmpfs fills part-way through a 5,000-row CSV: exit 1, one line naming the fix, the
+  earlier CSV at the path untouched and no temporary file left."""
+  np.save(tmp_path / 'many.npy', np.tile(np.load(run['root'] / 'images.npy'), (100, 1, 1)))
+  with mounted(tmp_path / 'small', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs') as small:
+    out = small / 'labels.csv'
+    out.write_text('id,cluster,cost\nearlier,0,1\n')
+    capsys.readouterr()
+    assert predict.run([f'--workdir={run["workdir"]}', f'--input={tmp_path / "many.npy"}',
+                        f'--output={out}']) == 1
+    assert capsys.readouterr().err == (f'error: cannot write the labels ({out}): No space left on '
+                                       f'device; free space under {small}, then rerun\n')
+    assert os.listdir(small) == ['labels.csv']
+    assert out.read_text() == 'id,cluster,cost\nearlier,0,1\n'
 
 
 def test_training_and_labelling_in_memory_data_load_no_tensorflow(run, tmp_path):

@@ -3,7 +3,6 @@ with the last complete checkpoint intact and an exact resume, a checkpoint witho
 verified by its state checksum, a read-only checkpoint folder refused at start-up, and two SIGTERMs
 in a row."""
 
-import contextlib
 import errno
 import json
 import os
@@ -20,8 +19,9 @@ import pytest
 
 from ohc_jax import configuration
 from ohc_jax.configuration import CONFIG_DIR
-from ohc_jax.errors import UsageError, WriteFailed
+from ohc_jax.errors import UsageError, WriteFailed, resumes_from
 from ohc_jax.run import checkpoints, interrupts, logging_utils, resume, train, workdir_lock
+from disk_faults import flip_bytes, mounted
 
 REPO = os.path.dirname(CONFIG_DIR)
 _CLI = [sys.executable, '-m', 'ohc_jax.main', '--config.progress_bar=False',
@@ -38,19 +38,6 @@ def _digits(**overrides):
 def _strip(results):
   return {k: ({f: x for f, x in v.items() if f != 'train_images_per_s'}
               if k in ('final', 'best_nmi') else v) for k, v in results.items()}
-
-
-@contextlib.contextmanager
-def _mounted(path, *options):
-  """A mount for the block (tmpfs or a read-only bind), or the test skipped where it cannot."""
-  os.makedirs(path, exist_ok=True)
-  done = subprocess.run(['mount', *options, str(path)], capture_output=True)
-  if done.returncode:
-    pytest.skip(f'cannot mount here: {done.stderr.decode().strip()}')
-  try:
-    yield path
-  finally:
-    subprocess.run(['umount', '-l', str(path)], check=False)
 
 
 # -- the lock ------------------------------------------------------------------------------------
@@ -177,10 +164,11 @@ def test_a_failed_write_names_the_path_what_and_the_fix():
     from ohc_jax.errors import writing
     with writing('/w/metrics.jsonl', 'the evaluation logs'):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-  message = str(e.value.with_fix('/w', 14))
+  message = str(e.value.with_fix('/w', resumes_from(14)))
   assert message == ('cannot write the evaluation logs (/w/metrics.jsonl): No space left on '
                      'device; free space under /w, then rerun: it resumes from step 14')
-  eio = WriteFailed('/w/x', 'a checkpoint', 'Input/output error', errno.EIO).with_fix('/w', None)
+  eio = WriteFailed('/w/x', 'a checkpoint', 'Input/output error', errno.EIO).with_fix(
+      '/w', resumes_from(None))
   assert str(eio).endswith('check the disk under /w, then rerun: it starts afresh')
 
 
@@ -206,7 +194,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_then_the_rerun_resumes_exactly(tm
   run's results."""
   config = _digits(checkpoint_every_steps=0)
   finished = train.train_and_evaluate(config, str(tmp_path / 'whole'))
-  with _mounted(tmp_path / 'small', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs') as small:
+  with mounted(tmp_path / 'small', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs') as small:
     work = small / 'run'
     message = _run_until_write_fails(config, work)
     assert message.startswith('cannot write a checkpoint (') and 'No space left on device' in message
@@ -219,7 +207,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_then_the_rerun_resumes_exactly(tm
 
 @pytest.mark.slow
 def test_full_disk_in_a_cli_run_prints_one_line_and_no_orbax_storm(tmp_path):
-  with _mounted(tmp_path / 'small', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs') as small:
+  with mounted(tmp_path / 'small', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs') as small:
     done = subprocess.run(_CLI + ['--config.num_epochs=2', f'--workdir={small / "run"}'],
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
                           text=True, timeout=300)
@@ -263,7 +251,7 @@ def test_a_read_only_checkpoint_folder_is_refused_at_start_up(tmp_path):
   work = tmp_path / 'run'
   (work / 'checkpoints').mkdir(parents=True)
   (tmp_path / 'src').mkdir()
-  with _mounted(work / 'checkpoints', '--bind', str(tmp_path / 'src')):
+  with mounted(work / 'checkpoints', '--bind', str(tmp_path / 'src')):
     done = subprocess.run(['mount', '-o', 'remount,bind,ro', str(work / 'checkpoints')],
                           capture_output=True)
     if done.returncode:
@@ -285,12 +273,6 @@ def test_the_state_checksum_sees_a_changed_or_swapped_value():
   assert checkpoints.state_checksum({**state, 'd': jnp.array([False, True])}) != base
 
 
-def _largest_file(step_dir):
-  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs
-           if f != checkpoints.DIGEST]
-  return max(files, key=os.path.getsize)
-
-
 @pytest.mark.slow
 def test_a_checkpoint_without_its_digest_is_checked_and_the_one_before_restored(tmp_path, capsys):
   config = _digits()
@@ -300,12 +282,7 @@ def test_a_checkpoint_without_its_digest_is_checked_and_the_one_before_restored(
   (work / 'results.json').unlink()
   latest = work / 'checkpoints' / '28'
   (latest / checkpoints.DIGEST).unlink()  # Killed between Orbax's commit and the digest.
-  path = _largest_file(latest)
-  with open(path, 'r+b') as f:
-    f.seek(os.path.getsize(path) // 2)
-    chunk = f.read(16)
-    f.seek(os.path.getsize(path) // 2)
-    f.write(bytes(b ^ 0xFF for b in chunk))
+  flip_bytes(latest)
   capsys.readouterr()
   results = train.train_and_evaluate(config, str(work))
   out, err = capsys.readouterr()
@@ -367,8 +344,8 @@ def test_a_save_failing_in_orbax_raises_at_once_and_close_does_not_hang(tmp_path
   ckpt.save(State(jnp.int32(1), jnp.ones(100)), {'epoch': 1})
   ckpt.wait()
   (tmp_path / 'src').mkdir()
-  with _mounted(tmp_path / 'run' / 'checkpoints', '--bind', str(tmp_path / 'src')) as mounted:
-    if subprocess.run(['mount', '-o', 'remount,bind,ro', str(mounted)]).returncode:
+  with mounted(tmp_path / 'run' / 'checkpoints', '--bind', str(tmp_path / 'src')) as folder:
+    if subprocess.run(['mount', '-o', 'remount,bind,ro', str(folder)]).returncode:
       pytest.skip('cannot remount read-only here')
     with pytest.raises(WriteFailed, match='Read-only file system') as e:
       ckpt.save(State(jnp.int32(2), jnp.ones(100)), {'epoch': 1})

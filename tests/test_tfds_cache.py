@@ -1,6 +1,6 @@
 """tfds splits decoded once in a child process and memory-mapped from the cache afterwards: the
 same arrays as decoding in-process, TensorFlow never in the reading process, a re-prepared data set
-decoded again, one-line errors."""
+decoded again, one-line errors, a killed writer's temporary folder removed by the next run."""
 
 import json
 import os
@@ -11,23 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from ohc_jax.data import tfds_cache
+from ohc_jax.data import cache, tfds_cache
 from ohc_jax.errors import UsageError
+from tiny_tfds import prepare
 
 pytestmark = pytest.mark.slow  # Starts processes that import TensorFlow.
-
-_PREPARE = '''
-import sys, numpy as np, tensorflow as tf, tensorflow_datasets as tfds
-rng = np.random.default_rng(int(sys.argv[2]))
-def split(n):
-  return tf.data.Dataset.from_tensor_slices({'image': rng.integers(0, 256, (n, 8, 8, 3), np.uint8),
-                                             'label': rng.integers(0, 3, n)})
-tfds.dataset_builders.TfDataBuilder(
-    name='tiny_images', version='1.0.0', split_datasets={'train': split(40), 'test': split(24)},
-    features=tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
-                                         'label': tfds.features.ClassLabel(names=['a', 'b', 'c'])}),
-    data_dir=sys.argv[1]).download_and_prepare()
-'''
 
 _READ = '''
 import json, sys
@@ -48,7 +36,7 @@ def _run(code, *args, env):
 def test_decoded_once_cached_and_equal_to_decoding_in_process(tmp_path):
   env = dict(os.environ, OHC_JAX_CACHE=str(tmp_path / 'cache'))
   data = tmp_path / 'data'
-  _run(_PREPARE, data, 0, env=env)
+  prepare(data, train=40, test=24)
   first = json.loads(_run(_READ, data, env=env))
   entries = os.listdir(tmp_path / 'cache' / 'tfds')
   assert len(entries) == 1 and first['tf'] == [] and first['memmap'] == 'memmap'
@@ -66,7 +54,7 @@ def test_decoded_once_cached_and_equal_to_decoding_in_process(tmp_path):
   np.testing.assert_array_equal(train, x[:40])
   # Prepared again with other images: a new key, decoded again.
   shutil.rmtree(data / 'tiny_images')
-  _run(_PREPARE.replace("'train': split(40)", "'train': split(41)"), data, 1, env=env)
+  prepare(data, train=41, test=24, seed=1)
   second = json.loads(_run(_READ, data, env=env))
   assert second['info']['sizes'] == [41, 24] and second['x'] != first['x']
   assert len(os.listdir(tmp_path / 'cache' / 'tfds')) == 2
@@ -93,7 +81,7 @@ print(json.dumps({'shape': x.shape, 'sizes': info['sizes'],
 def test_images_resized_in_the_child_and_cached_by_size(tmp_path):
   env = dict(os.environ, OHC_JAX_CACHE=str(tmp_path / 'cache'))
   data = tmp_path / 'data'
-  _run(_PREPARE, data, 0, env=env)
+  prepare(data, train=40, test=24)
   read = json.loads(_run(_READ_RESIZED, data, env=env))
   assert read == {'shape': [40, 4, 4, 3], 'sizes': [40], 'tf': []}
   _run(_READ, data, env=env)  # The stored size: an entry of its own.
@@ -107,8 +95,36 @@ def test_images_resized_in_the_child_and_cached_by_size(tmp_path):
 
 def test_missing_split_names_the_splits_there_are(tmp_path, monkeypatch):
   monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
-  _run(_PREPARE, tmp_path, 0, env=dict(os.environ))
+  prepare(tmp_path, train=40, test=24)
   monkeypatch.delitem(sys.modules, 'tensorflow_datasets', raising=False)  # Through the child.
   with pytest.raises(UsageError, match=r"^tfds tiny_images has no split 'validation' \(it has "
                                        r"(train, test|test, train)\): set --config.train_split="):
     tfds_cache.load('tiny_images', ['train', 'validation'], str(tmp_path), 'fix', 'label')
+
+
+def test_a_killed_writers_temporary_folder_is_removed_and_a_live_writers_kept(tmp_path,
+                                                                               monkeypatch):
+  """The temporary folder of a child killed mid-decode (its PID dead) is removed by the next run,
+  which decodes the entry anew; a live writer's (this process) and another host's are left."""
+  monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
+  prepare(tmp_path / 'data', train=40, test=24)
+  monkeypatch.delitem(sys.modules, 'tensorflow_datasets', raising=False)  # Through the child.
+  x, y, _ = tfds_cache.load('tiny_images', ['train'], str(tmp_path / 'data'), 'fix', 'label')
+  x = np.array(x)
+  entry, = (tmp_path / 'cache' / 'tfds').iterdir()
+  shutil.rmtree(entry)
+  killed = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  killed.kill()
+  killed.wait()
+  dead, live = (cache._temporary(str(entry), pid) for pid in (killed.pid, os.getpid()))
+  elsewhere = f'{entry}.tmp{killed.pid}@another-host'
+  for folder in (dead, live, elsewhere):
+    os.makedirs(folder)
+    with open(os.path.join(folder, 'images.npy'), 'wb') as f:
+      f.write(b'half written')
+  again, y_again, _ = tfds_cache.load('tiny_images', ['train'], str(tmp_path / 'data'), 'fix',
+                                      'label')
+  np.testing.assert_array_equal(again, x)
+  np.testing.assert_array_equal(y_again, y)
+  assert sorted(os.listdir(entry.parent)) == sorted(
+      os.path.basename(p) for p in (entry, live, elsewhere))

@@ -3,16 +3,19 @@ prepared data set (tfds splits decoded to .npy files, ArrayRecord copies of TFRe
 by the prepared files (names, sizes, times) so that re-preparing a data set makes it again.
 
 An entry is written in a temporary folder and renamed into place, so concurrent processes and
-killed runs leave no partial entry; its last file, `complete.json`, lists every file's size, and an
-entry whose files no longer match it (truncated or deleted by hand, a full disk) is removed and
-made again, with a warning saying so. Deleting the cache is always safe.
+killed runs leave no partial entry (the next run that looks for it removes the temporary folders of
+killed writers); its last file, `complete.json`, lists every file's size, and an entry whose files
+no longer match it (truncated or deleted by hand, a full disk) is removed and made again, with a
+warning saying so. Deleting the cache is always safe.
 """
 
 import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from typing import Iterator, Optional
@@ -59,9 +62,39 @@ def damage(entry: str) -> Optional[str]:
   return None
 
 
+def _temporary(target: str, pid: int) -> str:
+  """The temporary folder process `pid` of this host writes `target` in (_remove_stale parses the
+  name): named by host too, since a cache on a shared disk holds other hosts' writers, whose
+  processes this host cannot see."""
+  return f'{target}.tmp{pid}@{socket.gethostname()}'
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's process.
+    pass
+  return True
+
+
+def _remove_stale(target: str) -> None:
+  """Removes the temporary folders of `target` left by writers of this host that died before
+  renaming them (SIGKILL, out of memory); a live writer's is left alone, as is another host's."""
+  folder, name = os.path.split(target)
+  ours = re.compile(rf'{re.escape(name)}\.tmp(\d+)@{re.escape(socket.gethostname())}')
+  for other in os.listdir(folder) if os.path.isdir(folder) else ():
+    match = ours.fullmatch(other)
+    if match and not _alive(int(match[1])):
+      shutil.rmtree(os.path.join(folder, other), ignore_errors=True)
+
+
 def usable(entry: str) -> bool:
   """Whether the entry is there and whole; a damaged one is removed, with a warning, to be made
-  again."""
+  again. Every run checks here before it uses or makes the entry, so temporary folders of it that
+  dead writers left are removed here too."""
+  _remove_stale(entry)
   if not os.path.isdir(entry):
     return False
   problem = damage(entry)
@@ -78,7 +111,7 @@ def entry(target: str) -> Iterator[str]:
   """Yields a temporary folder to write an entry in; on success records its files' sizes and
   renames it to `target` (if another process made it first, keeps theirs); on any error removes
   it, so no partial folder is left in the cache."""
-  tmp = f'{target}.tmp{os.getpid()}'
+  tmp = _temporary(target, os.getpid())
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:

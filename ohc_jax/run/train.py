@@ -21,7 +21,7 @@ from ohc_jax.core import metrics, probes
 from ohc_jax import data as data_lib
 from ohc_jax.run import (checkpoints, experiment, interrupts, logging_utils, resume, timing,
                          workdir_lock)
-from ohc_jax.errors import NonFiniteError, UsageError, WriteFailed, writing
+from ohc_jax.errors import NonFiniteError, UsageError, WriteFailed, resumes_from, writing
 from ohc_jax.run.evaluation import eval_sample, evaluate  # NonFiniteError: train.NonFiniteError too.
 from ohc_jax.run.evaluation import collapse_warning
 
@@ -253,7 +253,7 @@ def _close(run, error: Optional[BaseException], clock) -> None:
   steps = checkpoints.committed_steps(run.workdir)
   last = max(steps) if steps else None
   if isinstance(error, WriteFailed):
-    raise error.with_fix(run.workdir, last) from None
+    raise error.with_fix(run.workdir, resumes_from(last)) from None
   if isinstance(error, NonFiniteError):
     raise NonFiniteError(f'{error}; the last good checkpoint is '
                          f'{"none" if last is None else "step " + str(last)} in '
@@ -346,7 +346,7 @@ def _write_results(config, workdir, data, history, clock) -> dict:
         os.replace(path + '.tmp', path)
     except WriteFailed as e:
       steps = checkpoints.committed_steps(workdir)
-      raise e.with_fix(workdir, max(steps) if steps else None) from None
+      raise e.with_fix(workdir, resumes_from(max(steps) if steps else None)) from None
   return results
 
 
