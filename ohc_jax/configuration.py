@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   # that decodes takes its place; evaluation: left out) instead of stopping the run.
   c.skip_bad_records = False
   c.input_threads = 0  # Stream mode: host threads reading batches (0: half the host's cores).
+  c.input_priority = 'idle'  # Stream mode: 'idle' (read on idle CPU time first) or 'normal'.
   c.max_examples = 0  # Keep only the first N points of each split (0: all), for quick runs.
   c.imbalance = 0  # 0-3: the reference's class keep-probabilities (imbalance.py, docs/fidelity.md).
   c.prior_matching = 'identity'  # Cluster k's prior entry: 'identity' (k's; the reference's code),
@@ -166,6 +167,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'prior_scope', imbalance.SCOPES)
   _choice(config, 'assign_impl', assign.IMPLS)
   _choice(config, 'input_mode', ('auto', 'memory', 'stream'))
+  _choice(config, 'input_priority', ('idle', 'normal'))
   _choice(config, 'assignment_scope', ASSIGNMENT_SCOPES)
   for field, low in (('num_clusters', 2), ('batch_size', 1), ('eval_batch_size', 1),
                      ('hidden_dim', 1), ('latent_dim', 1), ('num_epochs', 1),

@@ -87,6 +87,7 @@ INVALID = {
     'max_host_memory_gb': ['0', 'nan'],
     'skip_bad_records': ['maybe'],
     'input_threads': ['-1'],
+    'input_priority': ['low'],
 }
 
 

@@ -20,17 +20,19 @@ first batch came after 7.5-11.5 s instead of 0.05-0.3 s, and the worker held 390
 (launch/stream_benchmark.py, raw records). So threads are the default whatever the host
 (`input_threads`, 0: default_threads()); `workers` stays for measuring.
 
-Reading on idle CPU time. A streamed batch costs CPU (CIFAR-10, 256 images: 3-5 ms to read the
-records, 12 ms to decode PNG), and a reading thread that takes a core from the train step's
-parallel kernels stalls them all: on 2 cores the step lost about twice the reading's CPU time
-(stream mode at 84-88% of memory mode's images/s). So the streamed feeds read on threads of
-Linux's SCHED_IDLE policy, which run only when no other thread wants the core: the step's idle
-moments (dispatch, the serial parts of a step) are enough to keep 4 batches ahead, and stream mode
-trained at RATIO_IDLE of memory mode's images/s (RATIO_NORMAL at normal priority; same run). On a
-machine with no idle time (other jobs on every core) such threads would wait for seconds: when
-the step has waited for batches STARVED_SHARE of the time (STARVED_S at least), the rest of the
-epoch is read at normal priority, as before (2 busy-looping processes on the 2 cores: 2,684
-against 2,722 images/s at normal priority throughout).
+Reading on idle CPU time (`input_priority`, default 'idle'). A streamed batch costs CPU (CIFAR-10,
+256 images: 3-5 ms to read the records, 12 ms to decode PNG), and a reading thread that takes a
+core from the train step's parallel kernels stalls them all: on 2 cores the step lost about twice
+the reading's CPU time. So the streamed feeds read on threads of Linux's SCHED_IDLE policy, which
+run only when no other thread wants a core; the step's idle moments keep the batches coming. In
+one run of the input suite on 2 quiet cores (2026-12-05 21:52, CIFAR-10 as training streams it,
+medians of 3 interleaved rounds) stream mode trained at 88.3% of memory mode's images/s with idle
+reading and 82.5% at normal priority; in single A/B runs before it, 93-95% against 84-86%. On a
+machine whose cores other processes keep busy, such threads would wait for seconds: once a wait
+for a batch sees this process nearly off the CPU (_next_unless_starved), the rest of the epoch is
+read at normal priority. Even so, with 2 busy-looping processes on the 2 cores, idle reading
+trained at 2,157-2,671 images/s against 2,834-3,122 at normal priority (single A/B runs), and a
+process sometimes took 15-70 s more to exit: there, set `input_priority` to 'normal'.
 """
 
 import functools
@@ -47,7 +49,7 @@ from ohc_jax.data.sources import Split
 
 MEMORY_THREADS, MEMORY_PREFETCH = 1, 2  # A split in memory: a batch is one gather.
 STREAM_PREFETCH = 4  # Batches read ahead in stream mode.
-STARVED_SHARE, STARVED_S = 0.05, 0.25  # When reading on idle CPU time starves the step.
+STARVED_S, STARVED_CPU = 0.1, 0.25  # When reading on idle CPU time starves (seconds, cores).
 _THREAD = threading.local()
 _END = object()
 
@@ -81,18 +83,44 @@ def _yield_cpu() -> None:
     pass
 
 
-def _on_idle_cpu(read):
-  def read_on_idle_cpu(rows):
+class _Abandoned(Exception):
+  """A read given up: its iterator was dropped."""
+
+
+class _IdleRead:
+  """A source's read on idle CPU time (_yield_cpu), not begun once abandoned."""
+
+  def __init__(self, read):
+    self._read, self._abandoned, self._threads = read, threading.Event(), set()
+
+  def abandon(self) -> None:
+    """Drops the reads not begun; the threads of those under way are put back to normal priority
+    where the system allows it (root, CAP_SYS_NICE or an RLIMIT_NICE of 20): on a busy machine
+    they could otherwise wait long for a core, and the interpreter waits for them when it exits."""
+    self._abandoned.set()
+    for thread in list(self._threads):
+      try:
+        os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
+      except (AttributeError, OSError):  # Not allowed, or the thread is gone.
+        pass
+
+  def __call__(self, rows: np.ndarray) -> dict:
+    if self._abandoned.is_set():
+      raise _Abandoned
     _yield_cpu()
-    return read(rows)
-  return read_on_idle_cpu
+    self._threads.add(threading.get_native_id())
+    return self._read(rows)
 
 
-def _grain_iterator(batches, read, threads: int, prefetch: int, workers: int = 0):
-  """An iterator over read(b) of each element b of a Grain MapDataset, in order, `prefetch`
-  ahead, computed on `threads` host threads, or in `workers` processes."""
+def _read_rows(read, rows: np.ndarray) -> dict:
+  return read(rows)
+
+
+def _grain_iterator(batches, read, batch_of, threads: int, prefetch: int, workers: int = 0):
+  """An iterator over batch_of(read, b) of each element b of a Grain MapDataset, in order,
+  `prefetch` ahead, computed on `threads` host threads, or in `workers` processes."""
   import grain
-  ahead = batches.map(read).to_iter_dataset(grain.ReadOptions(num_threads=threads,
+  ahead = batches.map(functools.partial(batch_of, read)).to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                                prefetch_buffer_size=prefetch))
   if workers:
     ahead = ahead.mp_prefetch(grain.MultiprocessingOptions(
@@ -103,25 +131,24 @@ def _grain_iterator(batches, read, threads: int, prefetch: int, workers: int = 0
 class _Pump:
   """An iterator's elements handed over by a thread of its own, so the consumer can stop waiting
   (`get` with a timeout) while the iterator's own threads are kept off the CPU; each element is
-  (value, None), (None, error) or (_END, None). `close` stops the thread, which then closes the
-  iterator."""
+  (value, None), (None, error) or (_END, None). `close` closes the iterator (its reads not yet
+  begun are dropped) and stops the thread."""
 
   def __init__(self, iterator):
-    self._queue, self._stop = queue.Queue(maxsize=1), threading.Event()
-    self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True,
-                                    name='ohc-feed-pump')
+    self._iterator, self._queue, self._stop = iterator, queue.Queue(maxsize=1), threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True, name='ohc-feed-pump')
     self._thread.start()
 
-  def _run(self, iterator):
+  def _run(self):
     try:
-      for value in iterator:
+      for value in self._iterator:
         if not self._put((value, None)):
           return
       self._put((_END, None))
     except Exception as e:  # pylint: disable=broad-except  (handed to the consumer, raised there)
       self._put((None, e))
     finally:
-      iterator.close()
+      self._iterator.close()
 
   def _put(self, item) -> bool:
     while not self._stop.is_set():
@@ -141,26 +168,38 @@ class _Pump:
 
   def close(self):
     self._stop.set()
+    self._iterator.close()  # Not after the read under way: on a busy machine it may take long.
+
+
+def _next_unless_starved(pump: _Pump):
+  """The pump's next (value, error), or None once a wait of STARVED_S saw this process use less
+  than STARVED_CPU of a core: the step done and its batch still unread, other processes holding
+  the cores. (While a step computes, the process keeps a core or more busy; once it is done, the
+  readers have the idle cores.)"""
+  while True:
+    wall, cpu = time.perf_counter(), time.process_time()
+    item = pump.get(STARVED_S)
+    if item is not None:
+      return item
+    if time.process_time() - cpu < STARVED_CPU * (time.perf_counter() - wall):
+      return None
 
 
 def _prefetched(batches, read, threads: int, prefetch: int, workers: int = 0,
-                yield_cpu: bool = False) -> Iterator:
-  """read(b) of each element b of a Grain MapDataset, in order (_grain_iterator), closed when
-  done or dropped. yield_cpu: read on idle CPU time (_yield_cpu), so the reading gives way to the
-  train step instead of slowing its parallel kernels, until the consumer has waited for batches
-  longer than STARVED_SHARE of the time since it began (STARVED_S at least: a busy machine leaves
-  no idle time); the rest of the batches are then read at normal priority, as without yield_cpu."""
+                yield_cpu: bool = False, batch_of=_read_rows) -> Iterator:
+  """batch_of(read, b) of each element b of a Grain MapDataset, `read` a source's read, in order
+  (_grain_iterator), closed when done or dropped. yield_cpu: read on idle CPU time (_IdleRead),
+  so the reading gives way to the train step instead of slowing its parallel kernels, until the
+  readers starve (_next_unless_starved); the rest is then read at normal priority, as without
+  yield_cpu."""
   done = 0
   if yield_cpu:
-    pump, began, waited = _Pump(_grain_iterator(batches, _on_idle_cpu(read), threads,
-                                                 prefetch)), time.perf_counter(), 0.0
+    idle = _IdleRead(read)
+    pump = _Pump(_grain_iterator(batches, idle, batch_of, threads, prefetch))
     try:
       while True:
-        asked = time.perf_counter()
-        budget = max(STARVED_S, STARVED_SHARE * (asked - began)) - waited
-        item = pump.get(timeout=budget)
-        waited += time.perf_counter() - asked
-        if item is None:  # Starved: read the rest at normal priority.
+        item = _next_unless_starved(pump)
+        if item is None:  # Read the rest at normal priority.
           break
         value, error = item
         if error is not None:
@@ -170,8 +209,9 @@ def _prefetched(batches, read, threads: int, prefetch: int, workers: int = 0,
         yield value
         done += 1
     finally:
+      idle.abandon()
       pump.close()
-  iterator = _grain_iterator(batches[done:], read, threads, prefetch, workers)
+  iterator = _grain_iterator(batches[done:], read, batch_of, threads, prefetch, workers)
   try:
     yield from iterator
   finally:  # Also when the consumer stops early: no read left queued.
@@ -244,7 +284,7 @@ def eval_rows(n: int, global_batch: int, process_index: int,
     yield slice(lo, min(lo + local, start + valid)), valid
 
 
-def _eval_batch(rows: np.ndarray, read, offset: int, local: int) -> tuple[dict, int]:
+def _eval_batch(read, rows: np.ndarray, offset: int, local: int) -> tuple[dict, int]:
   """(this process's rows of a global batch of `rows`, read and padded to `local`, with 'valid'
   marking the real ones; len(rows))."""
   batch = read(rows[offset:offset + local])
@@ -262,10 +302,9 @@ def eval_batches(source, global_batch: int, process_index: int = 0, process_coun
   on idle CPU time first with yield_cpu."""
   import grain
   local = global_batch // process_count
-  read = functools.partial(_eval_batch, read=source.read, offset=process_index * local,
-                           local=local)
+  batch_of = functools.partial(_eval_batch, offset=process_index * local, local=local)
   batches = grain.MapDataset.range(len(source)).batch(global_batch)
   if isinstance(source, Split):
-    return _prefetched(batches, read, MEMORY_THREADS, MEMORY_PREFETCH)
-  return _prefetched(batches, read, threads or default_threads(), STREAM_PREFETCH,
-                     yield_cpu=yield_cpu)
+    return _prefetched(batches, source.read, MEMORY_THREADS, MEMORY_PREFETCH, batch_of=batch_of)
+  return _prefetched(batches, source.read, threads or default_threads(), STREAM_PREFETCH,
+                     yield_cpu=yield_cpu, batch_of=batch_of)

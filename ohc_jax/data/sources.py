@@ -114,6 +114,11 @@ class ImageSource:
                        f'--config.image_size=N to resize them to N x N')
     self._records = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    # array_record reads a batch's records on a thread pool of its own, made at its first such
+    # read; made here, its threads keep this thread's priority rather than that of a feed's
+    # reading threads on idle CPU time (pipeline.py), which would leave them waiting on a busy
+    # machine, as the interpreter would wait for them when it exits.
+    self._records_of(range(min(len(self._records), 2)))
     self._example_class = tf_example_pb2.Example
     self._decode = features[image_key].decode_example_np
     self._keys, self._size, self._skip_bad = (image_key, label_key), image_size, skip_bad

@@ -32,7 +32,8 @@ def evaluate(eval_step, state, split, config, mesh, sample: Optional[np.ndarray]
   acc, kept, start, skipped = metrics.Accumulator(config.num_clusters), [], 0, 0
   batches, failure = data_lib.eval_batches(split, config.eval_batch_size,
                                            jax.process_index(), jax.process_count(),
-                                           config.input_threads), None
+                                           config.input_threads,
+                                           config.input_priority == 'idle'), None
   for _, valid in data_lib.eval_rows(len(split), config.eval_batch_size,
                                      jax.process_index(), jax.process_count()):
     try:

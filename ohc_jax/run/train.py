@@ -279,7 +279,8 @@ def _start(config, workdir: str, overwrite: bool, clock):
     exp = experiment.build(config, experiment.InputSpec.of(data))
     resume.prepare(config, workdir, overwrite)
     feed = data_lib.train_feed(data.train, config.batch_size, config.seed,
-                               jax.process_index(), jax.process_count(), config.input_threads)
+                               jax.process_index(), jax.process_count(), config.input_threads,
+                               config.input_priority == 'idle')
     state, pos = exp.init_state(), Position()
     if config.warm_start and not resuming:
       first = data_lib.epoch_permutation(len(data.train), config.seed, 1)
