@@ -12,7 +12,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ohc_jax.core import imbalance
-from ohc_jax.data import prepare, readers, tfds_cache
+import ohc_jax.data.prepare as prepare
+import ohc_jax.data.readers as readers
+import ohc_jax.data.tfds_cache as tfds_cache
 from ohc_jax.data.sources import ArraySource, ConcatSource, ImageSource, Split, Windows, subset
 from ohc_jax.errors import UsageError, first_line
 

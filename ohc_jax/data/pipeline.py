@@ -32,7 +32,7 @@ machine whose cores other processes keep busy, such threads would wait for secon
 for a batch sees this process nearly off the CPU (_next_unless_starved), the rest of the epoch is
 read at normal priority. Even so, with 2 busy-looping processes on the 2 cores, idle reading
 trained at 2,157-2,671 images/s against 2,834-3,122 at normal priority (single A/B runs), and a
-process sometimes took 15-70 s more to exit: there, set `input_priority` to 'normal'.
+process sometimes took 15-72 s more to exit: there, set `input_priority` to 'normal'.
 """
 
 import functools
@@ -70,17 +70,22 @@ def _rows_of_process(rows: np.ndarray, offset: int, size: int) -> np.ndarray:
   return rows[offset:offset + size]
 
 
-def _yield_cpu() -> None:
-  """Puts the calling thread on Linux's SCHED_IDLE policy, once: it then runs only on CPU time no
-  other thread wants (where the policy is missing or refused, it stays as it was). The policy
-  cannot be undone without privileges, so such threads are left to end with their iterator."""
-  if getattr(_THREAD, 'idle', False):
-    return
-  _THREAD.idle = True
+def _set_policy(thread: int, policy: str) -> None:
+  """Puts a thread (0: the calling one) on Linux's scheduling policy `policy` ('SCHED_IDLE',
+  'SCHED_OTHER'); where the policy is missing or the change refused (leaving SCHED_IDLE needs
+  root, CAP_SYS_NICE or an RLIMIT_NICE of 20), or the thread is gone, it stays as it was."""
   try:
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    os.sched_setscheduler(thread, getattr(os, policy), os.sched_param(0))
   except (AttributeError, OSError):
     pass
+
+
+def _yield_cpu() -> None:
+  """Puts the calling thread on SCHED_IDLE, once: it then runs only on CPU time no other thread
+  wants."""
+  if not getattr(_THREAD, 'idle', False):
+    _THREAD.idle = True
+    _set_policy(0, 'SCHED_IDLE')
 
 
 class _Abandoned(Exception):
@@ -95,14 +100,11 @@ class _IdleRead:
 
   def abandon(self) -> None:
     """Drops the reads not begun; the threads of those under way are put back to normal priority
-    where the system allows it (root, CAP_SYS_NICE or an RLIMIT_NICE of 20): on a busy machine
-    they could otherwise wait long for a core, and the interpreter waits for them when it exits."""
+    where the system allows it (_set_policy): on a busy machine they could otherwise wait long
+    for a core, and the interpreter waits for them when it exits."""
     self._abandoned.set()
     for thread in list(self._threads):
-      try:
-        os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
-      except (AttributeError, OSError):  # Not allowed, or the thread is gone.
-        pass
+      _set_policy(thread, 'SCHED_OTHER')
 
   def __call__(self, rows: np.ndarray) -> dict:
     if self._abandoned.is_set():
@@ -120,8 +122,8 @@ def _grain_iterator(batches, read, batch_of, threads: int, prefetch: int, worker
   """An iterator over batch_of(read, b) of each element b of a Grain MapDataset, in order,
   `prefetch` ahead, computed on `threads` host threads, or in `workers` processes."""
   import grain
-  ahead = batches.map(functools.partial(batch_of, read)).to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                               prefetch_buffer_size=prefetch))
+  ahead = batches.map(functools.partial(batch_of, read)).to_iter_dataset(
+      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
   if workers:
     ahead = ahead.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(1, prefetch // workers)))

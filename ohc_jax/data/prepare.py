@@ -15,7 +15,8 @@ import shutil
 import sys
 from typing import Callable, Optional
 
-from ohc_jax.data import array_record, cache
+import ohc_jax.data.array_record as array_record
+import ohc_jax.data.cache as cache
 from ohc_jax.errors import UsageError
 
 _MODULE = 'ohc_jax.data.prepare'
@@ -65,7 +66,7 @@ def convert(src: str, out: str, change: Callable[[bytes], bytes] = lambda r: r,
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   from array_record.python import array_record_module
-  from ohc_jax.data import tfds_cache
+  import ohc_jax.data.tfds_cache as tfds_cache
   with open(os.path.join(src, 'dataset_info.json')) as f:
     info = json.load(f)
   os.makedirs(out, exist_ok=True)

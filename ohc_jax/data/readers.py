@@ -90,7 +90,7 @@ def read_tfds(name: str, splits: Sequence[str], data_dir: Optional[str], fix: st
   """(images, labels or None, rows per split, {'num_classes', 'names'}) of the splits of a tfds
   data set, in order, in one array: decoded once and cached (tfds_cache), read-only; image_size
   N > 0: each image's shorter side resized to N and its centre cropped to N x N."""
-  from ohc_jax.data import tfds_cache
+  import ohc_jax.data.tfds_cache as tfds_cache
   images, labels, info = tfds_cache.load(name, splits, data_dir, fix, label_key, download,
                                          image_key, image_size)
   return images, labels, info['sizes'], info

@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from ohc_jax.data import readers
+import ohc_jax.data.readers as readers
 from ohc_jax.errors import UsageError
 
 
@@ -116,8 +116,8 @@ class ImageSource:
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     # array_record reads a batch's records on a thread pool of its own, made at its first such
     # read; made here, its threads keep this thread's priority rather than that of a feed's
-    # reading threads on idle CPU time (pipeline.py), which would leave them waiting on a busy
-    # machine, as the interpreter would wait for them when it exits.
+    # reading threads on idle CPU time (pipeline.py), which would leave them, and the batches
+    # read at normal priority after a feed starves, waiting for a core on a busy machine.
     self._records_of(range(min(len(self._records), 2)))
     self._example_class = tf_example_pb2.Example
     self._decode = features[image_key].decode_example_np

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ohc_jax.data import cache, images as image_lib
+import ohc_jax.data.cache as cache
+import ohc_jax.data.images as image_lib
 from ohc_jax.errors import UsageError, first_line
 
 _FORMAT = 4  # Bumped when the cached files change form or content (4: complete.json, realdisp).
@@ -106,7 +107,7 @@ def load_realdisp(data_dir: Optional[str], manual_dir: Optional[str]):
 def _realdisp(args: dict, cached: bool):
   """Builds RealDisp if need be and reads it: into its cache entry (returns the entry's path), or
   into memory (returns load_realdisp's tuple)."""
-  from ohc_jax.data import realdisp
+  import ohc_jax.data.realdisp as realdisp
   builder = realdisp.prepared(args['data_dir'], args['manual_dir'] or None)
   if not cached:
     return (*realdisp.read(builder), realdisp.WINDOW)

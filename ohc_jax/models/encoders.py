@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ohc_jax.models import conv
+import ohc_jax.models.conv as conv
 from ohc_jax.models.conv import Conv2D, max_pool_2x2
 from ohc_jax.errors import UsageError
 
