@@ -2,7 +2,8 @@ r"""Writes a synthetic image set of any size as a tfds data set in ArrayRecord (
 classes, one 'train' split), for measuring streaming beyond memory. Never commit its output.
 
   python launch/make_synthetic_images.py --out=/tmp/tfds_ar/synthetic/1.0.0 --num=1200000
-  python launch/make_synthetic_images.py --out=/tmp/tfds_ar/synthetic_raw/1.0.0 --encoding=raw
+  python launch/make_synthetic_images.py --out=/tmp/tfds_ar/synthetic_raw/1.0.0 --num=1200000 \
+      --encoding=raw  # What the input suite compares (3.6 GB; stored as stream mode's copies)
 
 Each class is a random coarse (4x4) colour pattern; each image that pattern plus noise. Shards of
 --shard_size images are made and written one at a time (memory bounded by a shard), each from

@@ -8,8 +8,9 @@ r"""Benchmarks that print and save (JSON) their figures.
   python -m ohc_jax.benchmark --suite=scaling  # train-step images/s on 1, 2, 4, 8 devices
   python -m ohc_jax.benchmark --suite=input    # the train step fed from memory vs streamed
       [--data_dir=../shared/data/tfds --stream_dir=/tmp/tfds_ar/cifar10/3.0.2
-       --synthetic_dir=/tmp/tfds_ar/synthetic/1.0.0]  (launch/to_array_record.py and
-       launch/make_synthetic_images.py write the last two)
+       --stream_raw_dir=/tmp/tfds_ar/cifar10_raw/3.0.2
+       --synthetic_dir=/tmp/tfds_ar/synthetic_raw/1.0.0]  (launch/to_array_record.py [--encoding=
+       raw] and launch/make_synthetic_images.py --encoding=raw write the last three)
 """
 
 import functools
@@ -62,9 +63,11 @@ _STREAM_DIR = flags.DEFINE_string('stream_dir', '/tmp/tfds_ar/cifar10/3.0.2', '-
 _STREAM_RAW_DIR = flags.DEFINE_string('stream_raw_dir', '/tmp/tfds_ar/cifar10_raw/3.0.2',
                                       '--suite=input: CIFAR-10 in ArrayRecord with raw images '
                                       '(launch/to_array_record.py --encoding=raw); empty: left out.')
-_SYNTHETIC_DIR = flags.DEFINE_string('synthetic_dir', '/tmp/tfds_ar/synthetic/1.0.0',
-                                     '--suite=input: the synthetic 1.2M-image set in ArrayRecord '
-                                     '(launch/make_synthetic_images.py); empty: left out.')
+_SYNTHETIC_DIR = flags.DEFINE_string('synthetic_dir', '/tmp/tfds_ar/synthetic_raw/1.0.0',
+                                     '--suite=input: the synthetic 1.2M-image set in ArrayRecord, '
+                                     'images raw as in the cache\'s copy of CIFAR-10, so the peaks '
+                                     'compare one reading path (launch/make_synthetic_images.py '
+                                     '--encoding=raw); empty: left out.')
 _WARMUP = flags.DEFINE_integer('warmup', 10, '--suite=input: untimed steps before the timed ones.')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts for --suite=scaling '
                              '(simulated on the CPU).')

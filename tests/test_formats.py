@@ -90,9 +90,11 @@ def test_both_modes_read_both_formats_with_equal_metrics(data_dirs, tmp_path):
       results[os.path.basename(data_dir), mode] = _metrics(workdir)
   first = results['tfrecord', 'memory']
   assert first and all(r == first for r in results.values()), results
-  # The stream of the TFRecord set made one ArrayRecord copy, once, in the cache.
+  # The stream of the TFRecord set made one ArrayRecord copy, once, in the cache, images raw.
   copies = glob.glob(str(tmp_path / 'cache' / 'array_record' / '*' / 'tiny_images' / '1.0.0'))
   assert len(copies) == 1 and glob.glob(os.path.join(copies[0], '*.array_record-*'))
+  with open(os.path.join(copies[0], 'features.json')) as f:
+    assert 'Tensor' in json.dumps(json.load(f)['featuresDict']['features']['image'])
 
 
 def _realdisp_dirs(root):

@@ -164,11 +164,12 @@ def test_raw_records_read_as_the_png_records_do(tmp_path, shape):
 
 
 def test_to_array_record_copies_or_stores_raw_what_tfds_reads(tmp_path):
-  """launch/to_array_record.py on a TFRecord set: both encodings stream the set's images, and tfds
-  reads the raw copy too."""
+  """launch/to_array_record.py on a TFRecord set: both encodings stream the set's images, the raw
+  one (as stream mode's copy in the cache) without a PNG, and tfds reads the raw copy too."""
   import os
   import sys
   import tensorflow_datasets as tfds
+  from ohc_jax.data import readers
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'launch'))
   import to_array_record
   images, labels = _images(12, seed=4)
@@ -179,10 +180,54 @@ def test_to_array_record_copies_or_stores_raw_what_tfds_reads(tmp_path):
     got = sources.ImageSource(out, 'train').read(np.arange(12))
     np.testing.assert_array_equal(got['image'], images)
     np.testing.assert_array_equal(got['label'], labels)
+    stored = tfds.builder_from_directory(out).info.features['image']
+    assert readers.image_encoding(stored) == ('encoded' if encoding == 'png' else 'raw')
   by_tfds = tfds.builder_from_directory(str(tmp_path / 'raw' / 'tiny' / '1.0.0')).as_data_source(
       'train')
   np.testing.assert_array_equal(by_tfds[5]['image'], images[5])
   assert os.path.getsize(array_record.shard_path(out, 'tiny', 'train', 0, 1)) > images.nbytes
+
+
+def test_to_array_record_raw_needs_a_fixed_size_image(tmp_path):
+  """--encoding=raw on a set of varying-size images: one error line naming the fix, exit 2."""
+  import os
+  import subprocess
+  import sys
+  images, labels = _images(4, seed=4)
+  _write_set(str(tmp_path / 'src'), images, labels, shape=(None, None, 3), fmt='tfrecord')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, os.path.join(repo, 'launch', 'to_array_record.py'),
+                        str(tmp_path / 'src'), str(tmp_path / 'out'), '--encoding=raw'],
+                       capture_output=True, text=True, check=False)
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'use --encoding=png' in out.stderr and 'Traceback' not in out.stderr
+
+
+def test_a_record_that_does_not_decode_stays_bad_in_the_raw_copy(tmp_path):
+  """Stream mode's copy of a TFRecord set stores images raw; a record whose image does not decode
+  (a damaged PNG, or no Example at all) stays one that does not decode: the read names it, and
+  skip_bad_records puts the next record in its place."""
+  import tensorflow as tf
+  from ohc_jax.data import prepare
+  images, labels = _images(8, seed=6)
+  records = list(array_record.encode_examples(images, labels))
+  damaged = records[2].replace(b'IDAT', b'IDAX')
+  assert damaged != records[2]
+  records[2], records[5] = damaged, b'not an example'
+  root = tmp_path / 'src'
+  _write_set(str(root), images, labels, fmt='tfrecord')
+  with tf.io.TFRecordWriter(str(root / 'tiny-train.tfrecord-00000-of-00001')) as writer:
+    for record in records:
+      writer.write(record)
+  out = str(tmp_path / 'copy' / 'tiny' / '1.0.0')
+  prepare.convert(str(root), out)
+  for row in (2, 5):
+    with pytest.raises(UsageError, match=f'record {row} does not decode'):
+      sources.ImageSource(out, 'train').read(np.array([row]))
+  got = sources.ImageSource(out, 'train', skip_bad=True).read(np.arange(8))
+  np.testing.assert_array_equal(got['skipped'], np.isin(np.arange(8), [2, 5]))
+  np.testing.assert_array_equal(got['image'], images[[0, 1, 3, 3, 4, 6, 6, 7]])
 
 
 def test_stream_mode_resizes_as_memory_mode_does(tmp_path):

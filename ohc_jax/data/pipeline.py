@@ -21,16 +21,17 @@ first batch came after 7.5-11.5 s instead of 0.05-0.3 s, and the worker held 390
 (`input_threads`, 0: default_threads()); `workers` stays for measuring.
 
 Reading on idle CPU time (`input_priority`, default 'idle'). A streamed batch costs CPU (CIFAR-10,
-256 images: 3-5 ms to read the records, 12 ms to decode PNG), and a reading thread that takes a
-core from the train step's parallel kernels stalls them all: on 2 cores the step lost about twice
-the reading's CPU time. So the streamed feeds read on threads of Linux's SCHED_IDLE policy, which
-run only when no other thread wants a core; the step's idle moments keep the batches coming. In
-one run of the input suite on 2 quiet cores (2026-12-05 21:52, CIFAR-10 as training streams it,
-medians of 3 interleaved rounds) stream mode trained at 88.3% of memory mode's images/s with idle
-reading and 82.5% at normal priority; in single A/B runs before it, 93-95% against 84-86%. On a
-machine whose cores other processes keep busy, such threads would wait for seconds: once a wait
-for a batch sees this process nearly off the CPU (_next_unless_starved), the rest of the epoch is
-read at normal priority. Even so, with 2 busy-looping processes on the 2 cores, idle reading
+256 images: 3-5 ms to read the records, 12 ms more to decode PNG, 1 ms to unpack raw images), and
+a reading thread that takes a core from the train step's parallel kernels stalls them all: on 2
+cores the step lost about twice the reading's CPU time. So the streamed feeds read on threads of
+Linux's SCHED_IDLE policy, which run only when no other thread wants a core; the step's idle
+moments keep the batches coming. In two runs of the input suite on 2 quiet cores (2026-12-05
+23:37 and 23:45, CIFAR-10 as training streams it: the cache's copy, images raw; medians of 3
+interleaved rounds) stream mode trained at 92.1% and 93.6% of memory mode's images/s with idle
+reading and 88.8% and 90.3% at normal priority (docs/benchmarks.md). On a machine whose cores
+other processes keep busy, such threads would wait for seconds: once a wait for a batch sees this
+process nearly off the CPU (_next_unless_starved), the rest of the epoch is read at normal
+priority. Even so, with 2 busy-looping processes on the 2 cores, idle reading of PNG records
 trained at 2,157-2,671 images/s against 2,834-3,122 at normal priority (single A/B runs), and a
 process sometimes took 15-72 s more to exit: there, set `input_priority` to 'normal'.
 """
