@@ -37,6 +37,56 @@ def test_image_source_decodes_what_was_written(image_set):
   np.testing.assert_array_equal(batch['label'], split.labels[rows])
 
 
+@pytest.mark.parametrize('encoding', ['png', 'raw'])
+def test_a_sliced_split_over_two_shards_reads_its_rows_in_any_order(tmp_path, encoding):
+  """Rows of a split slice (a skip into the first shard, the rest in the second), asked out of
+  order and twice: each shard's records are read in position order and given back in the rows'."""
+  images, labels = _images(30, seed=8)
+  root = str(tmp_path / 'tiny' / '1.0.0')
+  for index, rows in enumerate((slice(0, 17), slice(17, 30))):
+    array_record.write_records(array_record.shard_path(root, 'tiny', 'train', index, 2),
+                               array_record.encode_examples(images[rows], labels[rows], encoding))
+  array_record.write_info(root, 'tiny', '1.0.0', {'train': [17, 13]},
+                          array_record.image_features((8, 8, 3), 5, encoding))
+  source = sources.ImageSource(root, 'train[10:25]')
+  rows = np.array([14, 0, 6, 7, 6, 13, 1])
+  assert len(source) == 15
+  batch = source.read(rows)
+  np.testing.assert_array_equal(batch['image'], images[10:25][rows])
+  np.testing.assert_array_equal(batch['label'], labels[10:25][rows])
+
+
+def test_a_truncated_or_missing_shard_is_one_error_naming_the_fix(tmp_path):
+  """A shard cut short (which array_record opens without an error, holding no records) fails
+  when the source opens it (the first) or reads from it (the second), a missing shard when read
+  from: one UsageError naming the file and saying to prepare the set again."""
+  import os
+  images, labels = _images(30, seed=9)
+  root = str(tmp_path / 'tiny' / '1.0.0')
+  paths = [array_record.shard_path(root, 'tiny', 'train', i, 2) for i in range(2)]
+  for path, rows in zip(paths, (slice(0, 17), slice(17, 30))):
+    array_record.write_records(path, array_record.encode_examples(images[rows], labels[rows],
+                                                                  'raw'))
+  array_record.write_info(root, 'tiny', '1.0.0', {'train': [17, 13]},
+                          array_record.image_features((8, 8, 3), 5, 'raw'))
+  whole = [open(p, 'rb').read() for p in paths]
+  for cut, row in ((0, 0), (1, 20)):
+    with open(paths[cut], 'wb') as f:
+      f.write(whole[cut][:len(whole[cut]) // 2])
+    with pytest.raises(UsageError, match=f'{os.path.basename(paths[cut])} holds 0 of its '
+                                         f'{17 if cut == 0 else 13} records .truncated or '
+                                         f'damaged.: prepare the data set again'):
+      sources.ImageSource(root, 'train').read(np.array([row]))
+    with open(paths[cut], 'wb') as f:
+      f.write(whole[cut])
+  os.remove(paths[1])
+  source = sources.ImageSource(root, 'train')
+  np.testing.assert_array_equal(source.read(np.array([3]))['image'], images[[3]])
+  with pytest.raises(UsageError, match=f'{os.path.basename(paths[1])} is missing: prepare the '
+                                       f'data set again'):
+    source.read(np.array([20]))
+
+
 @pytest.mark.parametrize('process_count, threads', [(1, 1), (1, 3), (2, 2)])
 def test_stream_feed_gives_train_feeds_batches(image_set, process_count, threads):
   root, split = image_set
@@ -228,6 +278,21 @@ def test_a_record_that_does_not_decode_stays_bad_in_the_raw_copy(tmp_path):
   got = sources.ImageSource(out, 'train', skip_bad=True).read(np.arange(8))
   np.testing.assert_array_equal(got['skipped'], np.isin(np.arange(8), [2, 5]))
   np.testing.assert_array_equal(got['image'], images[[0, 1, 3, 3, 4, 6, 6, 7]])
+
+
+def test_the_cache_copy_is_made_once_however_the_data_dir_is_written(tmp_path, monkeypatch):
+  """A TFRecord set named by a relative and by an absolute data dir streams from one copy."""
+  import os
+  from ohc_jax.data import prepare
+  images, labels = _images(6, seed=7)
+  _write_set(str(tmp_path / 'data' / 'tiny' / '1.0.0'), images, labels, fmt='tfrecord')
+  monkeypatch.setenv('OHC_JAX_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.chdir(tmp_path)
+  copies = {prepare.array_record_copy(prepare.prepared_dir('tiny', data_dir))
+            for data_dir in ('data', './data/', str(tmp_path / 'data'))}
+  assert len(copies) == 1 and len(os.listdir(tmp_path / 'cache' / 'array_record')) == 1
+  np.testing.assert_array_equal(sources.ImageSource(copies.pop(), 'train').read(
+      np.arange(6))['image'], images)
 
 
 def test_stream_mode_resizes_as_memory_mode_does(tmp_path):

@@ -38,10 +38,11 @@ def _version(name: str) -> tuple:
 
 def prepared_dir(name: str, data_dir: Optional[str]) -> Optional[str]:
   """The NAME[/CONFIG]/VERSION folder of a prepared tfds set, either format (the highest version,
-  or NAME's ':VERSION'), or None."""
+  or NAME's ':VERSION'), or None: an absolute path, so that the cache's copy of a set is one
+  however its data dir is written."""
   base, _, version = name.partition(':')
-  root = os.path.join(os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or
-                                         '~/tensorflow_datasets'), base)
+  root = os.path.join(os.path.abspath(os.path.expanduser(
+      data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')), base)
   found = [d for d in (os.listdir(root) if os.path.isdir(root) else ())
            if (not version or d == version) and
            os.path.isfile(os.path.join(root, d, 'dataset_info.json'))]
