@@ -21,14 +21,15 @@ first batch came after 7.5-11.5 s instead of 0.05-0.3 s, and the worker held 390
 (`input_threads`, 0: default_threads()); `workers` stays for measuring.
 
 Reading on idle CPU time (`input_priority`, default 'idle'). A streamed batch costs CPU (CIFAR-10,
-256 images: 3-5 ms to read the records, 12 ms more to decode PNG, 1 ms to unpack raw images), and
-a reading thread that takes a core from the train step's parallel kernels stalls them all: on 2
+256 images: 2 ms to read the records, 1 ms to unpack raw images, or 12 ms to decode PNGs), and a
+reading thread that takes a core from the train step's parallel kernels stalls them all: on 2
 cores the step lost about twice the reading's CPU time. So the streamed feeds read on threads of
 Linux's SCHED_IDLE policy, which run only when no other thread wants a core; the step's idle
-moments keep the batches coming. In two runs of the input suite on 2 quiet cores (2026-12-05
-23:37 and 23:45, CIFAR-10 as training streams it: the cache's copy, images raw; medians of 3
-interleaved rounds) stream mode trained at 92.1% and 93.6% of memory mode's images/s with idle
-reading and 88.8% and 90.3% at normal priority (docs/benchmarks.md). On a machine whose cores
+moments keep the batches coming. On 2 quiet cores (CIFAR-10 as training streams it: the cache's
+copy, images raw; the training step), single interleaved runs gave 7,949 and 8,126 images/s with
+idle reading against 7,489 and 7,730 at normal priority (memory mode: 8,292-8,461), and one run of
+the input suite (2026-12-06 00:23, medians of 3 rounds) 91.8% of memory mode's images/s against
+91.0% (docs/benchmarks.md). On a machine whose cores
 other processes keep busy, such threads would wait for seconds: once a wait for a batch sees this
 process nearly off the CPU (_next_unless_starved), the rest of the epoch is read at normal
 priority. Even so, with 2 busy-looping processes on the 2 cores, idle reading of PNG records
@@ -61,9 +62,12 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def default_threads() -> int:
-  """Half the host's cores, at least one: the rest stay with the train step (on 2 CPU cores,
-  CIFAR-10 from raw records trained at 91-92% of memory mode's images/s with one thread, 82-90%
-  with two: docs/benchmarks.md)."""
+  """Half the host's cores, at least one: the rest stay with the train step. On 2 CPU cores,
+  CIFAR-10 from raw records trained at 91-92% of memory mode's images/s with one thread and 82-90%
+  with two (docs/benchmarks.md, on the input suite's slower step of before 2026-12-06); on the
+  training step, from the cache's raw copy, 8,031 and 8,684 images/s with one thread against 8,210
+  and 8,398 with two (memory mode 8,589 and 8,743; two interleaved rounds, 2026-12-06): no
+  difference this machine's noise lets one see."""
   return max(1, (os.cpu_count() or 2) // 2)
 
 
