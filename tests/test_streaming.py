@@ -87,6 +87,30 @@ def test_a_truncated_or_missing_shard_is_one_error_naming_the_fix(tmp_path):
     source.read(np.array([20]))
 
 
+def test_an_image_source_pickles_with_its_readers_left_behind(image_set):
+  """Pickled after reading (its readers open), a source reads the same rows; Grain's worker
+  processes get it so."""
+  import pickle
+  root, split = image_set
+  source = sources.ImageSource(root, 'train')
+  rows = np.array([69, 0, 44, 45])
+  first = source.read(rows)
+  again = pickle.loads(pickle.dumps(source)).read(rows)
+  assert_same_batches([again], [first])
+  np.testing.assert_array_equal(again['image'], split.images[rows])
+
+
+@pytest.mark.slow  # Starts a worker process.
+def test_worker_processes_stream_the_batches_of_threads(image_set):
+  """A streamed source fed by Grain's mp_prefetch (workers > 0) gives the threads' batches."""
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()  # Grain reads its flags in the workers' parent; tests parse none.
+  root, _ = image_set
+  source = sources.ImageSource(root, 'train')
+  batches = pipeline.TrainFeed(source, 16, 3, threads=1, prefetch=4, workers=1).epoch(1, 1)
+  assert_same_batches(batches, pipeline.TrainFeed(source, 16, 3, threads=1).epoch(1, 1))
+
+
 @pytest.mark.parametrize('process_count, threads', [(1, 1), (1, 3), (2, 2)])
 def test_stream_feed_gives_train_feeds_batches(image_set, process_count, threads):
   root, split = image_set
