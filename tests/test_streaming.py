@@ -88,8 +88,8 @@ def test_a_truncated_or_missing_shard_is_one_error_naming_the_fix(tmp_path):
 
 
 def test_an_image_source_pickles_with_its_readers_left_behind(image_set):
-  """Pickled after reading (its readers open), a source reads the same rows; Grain's worker
-  processes get it so."""
+  """Pickled after reading (its readers open), a source, alone or in a ConcatSource, reads the same
+  rows; Grain's worker processes get it so."""
   import pickle
   root, split = image_set
   source = sources.ImageSource(root, 'train')
@@ -98,6 +98,8 @@ def test_an_image_source_pickles_with_its_readers_left_behind(image_set):
   again = pickle.loads(pickle.dumps(source)).read(rows)
   assert_same_batches([again], [first])
   np.testing.assert_array_equal(again['image'], split.images[rows])
+  both = pickle.loads(pickle.dumps(sources.ConcatSource(source, source))).read(rows + 70)
+  assert_same_batches([both], [first])
 
 
 @pytest.mark.slow  # Starts a worker process.
