@@ -237,16 +237,9 @@ class ImageSource:
         return image, label
     raise UsageError(f'{self._where}: no record decodes: prepare the data set again')
 
-  def read(self, rows: np.ndarray) -> dict:
-    """{'image': (B, H, W, C) uint8, 'label': (B,) int64} of the rows, in their order; with
-    skip_bad also 'skipped', marking the rows that did not decode (the next record that decodes
-    took their place)."""
-    records = self._records_of(rows)
-    unpacked = self._unpacked(records) if self._unpack else None
-    if unpacked is not None:
-      images, labels = unpacked
-      return {'image': images, 'label': labels,
-              **({'skipped': np.zeros(len(rows), bool)} if self._skip_bad else {})}
+  def _decoded(self, records: list, rows: np.ndarray):
+    """(images, labels, skipped) of the records decoded one by one; a record that does not decode
+    raises, or with skip_bad is replaced by the next one that does and marked in `skipped`."""
     images = np.empty((len(rows),) + self.image_shape, np.uint8)
     labels = np.empty(len(rows), np.int64)
     skipped = np.zeros(len(rows), bool)
@@ -260,6 +253,16 @@ class ImageSource:
         image, label = self._substitute(int(rows[i]))
         skipped[i] = True
       images[i], labels[i] = image, label
+    return images, labels, skipped
+
+  def read(self, rows: np.ndarray) -> dict:
+    """{'image': (B, H, W, C) uint8, 'label': (B,) int64} of the rows, in their order; with
+    skip_bad also 'skipped', marking the rows that did not decode (the next record that decodes
+    took their place)."""
+    records = self._records_of(rows)
+    unpacked = self._unpack and self._unpacked(records)
+    images, labels, skipped = ((*unpacked, np.zeros(len(rows), bool)) if unpacked else
+                               self._decoded(records, rows))
     return {'image': images, 'label': labels, **({'skipped': skipped} if self._skip_bad else {})}
 
 
