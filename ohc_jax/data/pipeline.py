@@ -25,19 +25,19 @@ after 2.2 s, against 8,587 and 9,067 images/s and 0.01 s with one thread (memory
 
 Reading on idle CPU time (`input_priority`, default 'idle'). A streamed batch costs CPU (CIFAR-10,
 256 images: 2 ms to read the records, 1 ms to unpack raw images, or 12 ms to decode PNGs), and a
-reading thread that takes a core from the train step's parallel kernels stalls them all: on 2
-cores the step lost about twice the reading's CPU time. So the streamed feeds read on threads of
-Linux's SCHED_IDLE policy, which run only when no other thread wants a core; the step's idle
-moments keep the batches coming. On 2 quiet cores (CIFAR-10 as training streams it: the cache's
-copy, images raw; the training step), single interleaved runs gave 7,949 and 8,126 images/s with
-idle reading against 7,489 and 7,730 at normal priority (memory mode: 8,292-8,461), and one run of
-the input suite (2026-12-06 00:23, medians of 3 rounds) 91.8% of memory mode's images/s against
-91.0% (docs/benchmarks.md). On a machine whose cores
-other processes keep busy, such threads would wait for seconds: once a wait for a batch sees this
-process nearly off the CPU (_next_unless_starved), the rest of the epoch is read at normal
-priority. Even so, with 2 busy-looping processes on the 2 cores, idle reading of PNG records
-trained at 2,157-2,671 images/s against 2,834-3,122 at normal priority (single A/B runs), and a
-process sometimes took 15-72 s more to exit: there, set `input_priority` to 'normal'.
+reading thread that takes a core from the train step's parallel kernels stalls them all: on 2 cores
+the step lost about twice the reading's CPU time. So the streamed feeds read on threads of Linux's
+SCHED_IDLE policy, which run only when no other thread wants a core; the step's idle moments keep
+the batches coming. On 2 quiet cores (CIFAR-10 as training streams it: the cache's copy, images
+raw; the training step), single interleaved runs gave 7,949 and 8,126 images/s with idle reading
+against 7,489 and 7,730 at normal priority (memory mode: 8,292-8,461), and one run of the input
+suite (2026-12-06 00:23, medians of 3 rounds) 91.8% of memory mode's images/s against 91.0%
+(docs/benchmarks.md). On a machine whose cores other processes keep busy, such threads would wait
+for seconds: once a wait for a batch sees this process nearly off the CPU (_next_unless_starved),
+the rest of the epoch is read at normal priority. Even so, with 2 busy-looping processes on the 2
+cores, idle reading of PNG records trained at 2,157-2,671 images/s against 2,834-3,122 at normal
+priority (single A/B runs), and a process sometimes took 15-72 s more to exit: there, set
+`input_priority` to 'normal'.
 """
 
 import functools
